@@ -1,0 +1,40 @@
+# `make help` lists every target. Targets that need Python create .venv first when it is missing.
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: help install train test test-fast lint format bench clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## Create .venv and install the package with its dev extras
+
+train: $(VENV)/.installed ## Train the default DCGAN on the embedded shapes dataset (ARGS="key=value ...")
+	$(PY) -m dcgan_lightning $(ARGS)
+
+test: $(VENV)/.installed ## Run the whole test suite (lint first)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(ARGS)
+
+test-fast: $(VENV)/.installed ## Run the tests not marked slow
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+lint: $(VENV)/.installed ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed ## Apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean: ## Remove run outputs and caches (keeps .venv)
+	rm -rf outputs multirun .pytest_cache .ruff_cache

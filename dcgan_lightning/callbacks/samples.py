@@ -1,0 +1,48 @@
+"""Fixed-noise sample grids: one PNG per epoch, and a progress GIF of them at the end of fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from PIL import Image
+from torchvision.utils import make_grid, save_image
+
+
+def log_image(trainer: pl.Trainer, key: str, path: Path) -> None:
+    """Send an image file to every logger that shows images."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key, [str(path)], step=trainer.global_step)
+        elif isinstance(logger, TensorBoardLogger):
+            import numpy as np
+
+            image = np.asarray(Image.open(path).convert("RGB"))
+            logger.experiment.add_image(key, image, trainer.global_step, dataformats="HWC")
+
+
+class SampleGrid(Callback):
+    """Draws G(fixed_noise) every epoch into `dirpath/epoch_XXXX.png`; `progress.gif` at the end."""
+
+    def __init__(self, dirpath: str, nrow: int = 8, gif_frame_ms: int = 200) -> None:
+        self.dirpath = Path(dirpath)
+        self.nrow, self.gif_frame_ms = nrow, gif_frame_ms
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        images = pl_module.generate(pl_module.fixed_noise)  # every rank: no collective skipped
+        if not trainer.is_global_zero:
+            return
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        path = self.dirpath / f"epoch_{trainer.current_epoch:04d}.png"
+        save_image(make_grid(images, nrow=self.nrow, normalize=True, value_range=(-1, 1)), path)
+        log_image(trainer, "samples", path)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        frames = sorted(self.dirpath.glob("epoch_*.png"))
+        if not trainer.is_global_zero or not frames:
+            return
+        images = [Image.open(f).convert("P", palette=Image.Palette.ADAPTIVE) for f in frames]
+        path = self.dirpath / "progress.gif"
+        images[0].save(path, save_all=True, append_images=images[1:], duration=self.gif_frame_ms, loop=0)
