@@ -16,7 +16,9 @@ class GANDDPStrategy(DDPStrategy):
     strategy_name = "gan_ddp"
 
     def configure_ddp(self) -> None:
-        module = self.model  # the LightningModule itself stays unwrapped: checkpoints keep clean keys
+        module = (
+            self.model
+        )  # the LightningModule itself stays unwrapped: checkpoints keep clean keys
         device_ids = self.determine_ddp_device_ids()
         module.train_nets = {
             name: DistributedDataParallel(net, device_ids=device_ids, **self._ddp_kwargs)

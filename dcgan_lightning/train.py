@@ -18,7 +18,11 @@ def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     """Instantiate every `_target_` node of a dict config group (callbacks, loggers)."""
     if not cfg:
         return []
-    return [instantiate(node) for node in cfg.values() if isinstance(node, DictConfig) and "_target_" in node]
+    return [
+        instantiate(node)
+        for node in cfg.values()
+        if isinstance(node, DictConfig) and "_target_" in node
+    ]
 
 
 def resolve_ckpt_path(ckpt_path: str | None, task_dir: Path) -> str | None:

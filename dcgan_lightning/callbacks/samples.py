@@ -45,4 +45,6 @@ class SampleGrid(Callback):
             return
         images = [Image.open(f).convert("P", palette=Image.Palette.ADAPTIVE) for f in frames]
         path = self.dirpath / "progress.gif"
-        images[0].save(path, save_all=True, append_images=images[1:], duration=self.gif_frame_ms, loop=0)
+        images[0].save(
+            path, save_all=True, append_images=images[1:], duration=self.gif_frame_ms, loop=0
+        )

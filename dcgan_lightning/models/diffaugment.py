@@ -59,7 +59,9 @@ class DiffAugment(nn.Module):
         self.ops = [name.strip() for name in policy.split(",") if name.strip()]
         unknown = set(self.ops) - set(_OPS)
         if unknown:
-            raise ValueError(f"unknown DiffAugment ops {sorted(unknown)}; choose from {sorted(_OPS)}")
+            raise ValueError(
+                f"unknown DiffAugment ops {sorted(unknown)}; choose from {sorted(_OPS)}"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for name in self.ops:

@@ -33,7 +33,10 @@ def _up(arch: str, c_in: int, c_out: int) -> list[nn.Module]:
     if arch == "convtranspose":
         return [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)]
     if arch == "upsample":
-        return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)]
+        return [
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False),
+        ]
     raise ValueError(f"arch must be 'convtranspose' or 'upsample', got {arch!r}")
 
 
