@@ -1,6 +1,6 @@
-"""DDP for a GAN: one DDP wrapper each around G and D instead of one around the LightningModule.
+"""DDP for a GAN: a DDP wrapper each around G and D instead of one around the LightningModule.
 
-With a single wrapper every `manual_backward` expects gradients for all of G and D; the D step leaves
+With one wrapper every `manual_backward` expects gradients for all of G and D; the D step leaves
 G unused and plain `ddp` fails ("parameters that were not used in producing the loss"). Separate
 wrappers all-reduce exactly the parameters each step updates: the D step reduces D's gradients, and
 the G step (which calls the bare D with frozen parameters) reduces G's.

@@ -1,4 +1,4 @@
-"""`train(cfg)`: compose datamodule, GAN, callbacks, loggers and Trainer from a Hydra config; fit."""
+"""`train(cfg)`: build datamodule, GAN, callbacks, loggers and Trainer from a Hydra config; fit."""
 
 from __future__ import annotations
 

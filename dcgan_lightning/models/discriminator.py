@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
@@ -35,7 +37,7 @@ class Discriminator(nn.Module):
             return [nn.LeakyReLU(0.2, inplace=True)] + ([nn.Dropout(dropout)] if dropout else [])
 
         layers: list[nn.Module] = [conv(channels, widths[0], 4, 2, 1), *act()]
-        for c_in, c_out in zip(widths, widths[1:], strict=False):
+        for c_in, c_out in pairwise(widths):
             norm = [] if spectral_norm else [nn.BatchNorm2d(c_out)]
             layers += [conv(c_in, c_out, 4, 2, 1), *norm, *act()]
         layers += [conv(widths[-1], 1, 4, 1, 0), nn.Flatten(0)]

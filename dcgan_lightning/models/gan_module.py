@@ -25,7 +25,7 @@ class GAN(LightningModule):
     """DCGAN training: per batch one G forward, a D step on real and detached fake, then a G step.
 
     `image_size` and `channels` come from the datamodule (see `train.train`), never from the model
-    config. Optimizers arrive as Hydra `_partial_` factories and are bound in `configure_optimizers`.
+    config. Optimizers arrive as Hydra `_partial_` factories, bound in `configure_optimizers`.
     """
 
     def __init__(
@@ -87,7 +87,7 @@ class GAN(LightningModule):
         return torch.randn(shape, generator=generator, device=device)
 
     def _rng(self, *keys: int) -> torch.Generator:
-        """A generator seeded from (run seed, rank, *keys): z differs per rank and resumes exactly."""
+        """An RNG seeded from (run seed, rank, *keys): z differs per rank and resumes exactly."""
         seed = np.random.SeedSequence([torch.initial_seed(), self.global_rank, *keys])
         rng = torch.Generator(device=self.device)
         return rng.manual_seed(int(seed.generate_state(1, np.uint64)[0] >> 1))
@@ -95,7 +95,7 @@ class GAN(LightningModule):
     # -- sampling ------------------------------------------------------------------------------
     @property
     def sampling_generator(self) -> nn.Module:
-        """The generator used for samples, metrics and generation: the EMA copy when there is one."""
+        """The generator for samples, metrics and generation: the EMA copy when there is one."""
         return self.ema_generator.module if self.ema_generator is not None else self.generator
 
     @torch.no_grad()

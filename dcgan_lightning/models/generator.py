@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -69,7 +70,7 @@ class Generator(nn.Module):
                 nn.ConvTranspose2d(z_dim, widths[0], 4, 1, 0, bias=False),
             )
         layers: list[nn.Module] = [nn.BatchNorm2d(widths[0]), _activation(activation)]
-        for c_in, c_out in zip(widths, widths[1:], strict=False):
+        for c_in, c_out in pairwise(widths):
             layers += [*_up(arch, c_in, c_out), nn.BatchNorm2d(c_out), _activation(activation)]
         layers += [*_up(arch, widths[-1], channels), nn.Tanh()]
         self.main = nn.Sequential(*layers)
