@@ -1,0 +1,106 @@
+"""The base of every datamodule: a uint8 image tensor in memory, batches normalised on the device."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from dcgan_lightning.models.generator import channel_schedule
+
+
+class UInt8Images(Dataset):
+    """Images (N, C, H, W) uint8, indexed a whole batch at a time (no per-item collation)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> torch.Tensor:
+        return self.images[torch.as_tensor(indices)]
+
+
+def stack_batch(batch: torch.Tensor) -> torch.Tensor:
+    """collate_fn for `UInt8Images`: its `__getitems__` already returns the stacked batch."""
+    return batch
+
+
+class ImageDataModule(LightningDataModule, ABC):
+    """Subclasses implement `load_images`: the training set as uint8 (N, channels, size, size).
+
+    Decoding and resizing happen once; the loader only indexes the tensor. Conversion to [-1, 1]
+    and random horizontal flips run on the batch after it reaches the device, so uint8 (a quarter of
+    the bytes of float32) is what crosses to the GPU.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        channels: int = 3,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        flip: bool = False,
+    ) -> None:
+        super().__init__()
+        channel_schedule(image_size, 1)  # validates image_size before any data is touched
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.image_size, self.channels = image_size, channels
+        self.batch_size, self.num_workers, self.flip = batch_size, num_workers, flip
+        self.images: torch.Tensor | None = None
+
+    @abstractmethod
+    def load_images(self) -> torch.Tensor:
+        """The training images, uint8 (N, channels, image_size, image_size)."""
+
+    @property
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A short string naming exactly these training images: keys caches of their statistics."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.images is None:
+            images = self.load_images()
+            expected = (self.channels, self.image_size, self.image_size)
+            if images.dtype != torch.uint8 or tuple(images.shape[1:]) != expected:
+                raise RuntimeError(f"{type(self).__name__} gave {images.dtype} {tuple(images.shape)}")
+            if len(images) < self.batch_size:
+                raise ValueError(
+                    f"{type(self).__name__} has {len(images)} images, fewer than batch_size="
+                    f"{self.batch_size}: lower data.batch_size"
+                )
+            self.images = images
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.images, shuffle=True, drop_last=True)
+
+    def _loader(self, images: torch.Tensor, shuffle: bool, drop_last: bool) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            UInt8Images(images),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            collate_fn=stack_batch,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> Any:
+        images = batch.float().div_(127.5).sub_(1.0)
+        if self.flip and self.trainer is not None and self.trainer.training:
+            flip = torch.rand(images.size(0), device=images.device) < 0.5
+            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+        return images
