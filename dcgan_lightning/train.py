@@ -11,6 +11,9 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from dcgan_lightning.loggers import finish_wandb, start_loggers
+from dcgan_lightning.sweep import rerun_this_job_for_ddp_ranks, write_result
+
 log = logging.getLogger(__name__)
 
 
@@ -50,19 +53,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.model, image_size=datamodule.image_size, channels=datamodule.channels
     )
     callbacks = instantiate_dict(cfg.get("callbacks"))
-    loggers = instantiate_dict(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if rank_zero_only.rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
-    for logger in loggers:
-        logger.log_hyperparams(resolved)
-
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    loggers = start_loggers(instantiate_dict(cfg.get("logger")), resolved, str(output_dir))
+    try:
+        rerun_this_job_for_ddp_ranks()
+        trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    finally:
+        finish_wandb(loggers)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if trainer.is_global_zero:
+        write_result(output_dir, metrics, "completed")
         log.info("Run finished. Outputs in %s", output_dir.resolve())
     return metrics

@@ -51,6 +51,9 @@ class ShapesDataModule(ImageDataModule):
     def load_images(self) -> torch.Tensor:
         rng = random.Random(self.seed)
         mode = "L" if self.channels == 1 else "RGB"
-        arrays = [np.asarray(draw_shape(rng, self.image_size).convert(mode)) for _ in range(self.num_images)]
+        size = self.image_size
+        arrays = [np.asarray(draw_shape(rng, size).convert(mode)) for _ in range(self.num_images)]
         images = torch.from_numpy(np.stack(arrays))
-        return images.unsqueeze(1) if self.channels == 1 else images.permute(0, 3, 1, 2).contiguous()
+        if self.channels == 1:
+            return images.unsqueeze(1)
+        return images.permute(0, 3, 1, 2).contiguous()

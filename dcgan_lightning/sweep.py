@@ -1,0 +1,97 @@
+"""Hydra multirun: failed jobs that don't stop a sweep, DDP inside a sweep job, a summary table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+RESULT_FILE = "metrics.json"
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def write_result(output_dir: Path, metrics: dict[str, float], status: str, error: str = "") -> None:
+    """The job's final metrics, read by `SweepSummary` once the sweep ends."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    result = {"status": status, "metrics": metrics, "error": error}
+    (output_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
+
+
+def optimized_value(metrics: dict[str, float], name: str, fallback: str = "val/swd") -> float:
+    """The metric a sweeper minimises: `name`, else `fallback`, else +inf (the worst trial; Optuna
+    accepts inf but its Hydra sweeper crashes on NaN)."""
+    value = metrics.get(name, metrics.get(fallback))
+    if value is None:
+        log.warning("Neither %s nor %s was logged: this job scores +inf", name, fallback)
+        return math.inf
+    return value
+
+
+def rerun_this_job_for_ddp_ranks() -> None:
+    """Make Lightning's subprocess DDP launcher start this sweep job's ranks, not a new sweep.
+
+    The launcher re-runs `sys.argv` plus `hydra.run.dir=<HydraConfig run.dir>`. Inside a multirun,
+    `sys.argv` holds `-m` and the whole sweep: replace it with this job's own overrides as a single
+    run, and point `run.dir` at the job's directory.
+    """
+    if not in_multirun():
+        return
+    hydra = HydraConfig.get()
+    sys.argv = [sys.argv[0], *hydra.overrides.task, "hydra.mode=RUN"]
+    with read_write(hydra), open_dict(hydra):
+        hydra.run.dir = hydra.runtime.output_dir
+
+
+def _rows(sweep_dir: Path, metric: str) -> list[dict[str, Any]]:
+    """One row per job: its overrides that differ between jobs, status, final metrics."""
+    jobs = []
+    for result_file in sorted(sweep_dir.glob(f"*/{RESULT_FILE}")):
+        overrides_file = result_file.parent / ".hydra" / "overrides.yaml"
+        overrides = list(OmegaConf.load(overrides_file)) if overrides_file.exists() else []
+        jobs.append((result_file.parent.name, overrides, json.loads(result_file.read_text())))
+    shared = set.intersection(*(set(o) for _, o, _ in jobs)) if len(jobs) > 1 else set()
+    rows = []
+    for job, overrides, result in jobs:
+        metrics = result["metrics"]
+        finals = {k: v for k, v in sorted(metrics.items()) if not k.endswith(("_step", "_epoch"))}
+        row = {"job": job, "status": result["status"], metric: optimized_value(metrics, metric)}
+        row["overrides"] = " ".join(o for o in overrides if o not in shared)
+        rows.append(row | finals)
+    return sorted(rows, key=lambda r: r[metric])
+
+
+class SweepSummary(Callback):
+    """After a multirun: `summary.csv` and `summary.md` in the sweep dir, best job first."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = _rows(sweep_dir, self.metric)
+        if not rows:
+            return
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        with open(sweep_dir / "summary.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for row in rows:
+            cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in map(row.get, columns)]
+            lines.append("| " + " | ".join(c if c != "None" else "" for c in cells) + " |")
+        (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+        log.info("Sweep summary (best first): %s\n%s", sweep_dir / "summary.md", "\n".join(lines))
