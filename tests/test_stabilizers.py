@@ -74,7 +74,11 @@ def test_ema_follows_its_update_rule_and_is_what_generation_uses(make_cfg) -> No
     with torch.no_grad():
         for p in g.parameters():
             p.add_(torch.randn_like(p))
+        for b in g.buffers():
+            b.add_(3)
     model._update_ema()
+    for b_ema, b in zip(ema.buffers(), g.buffers()):  # BN statistics are copied, not averaged
+        assert torch.equal(b_ema, b)
     for p_old, p_ema, p in zip(old_ema, ema.parameters(), g.parameters()):
         assert torch.allclose(p_ema, 0.75 * p_old + 0.25 * p, atol=1e-6)
     z = model.fixed_noise[:4]

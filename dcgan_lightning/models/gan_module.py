@@ -12,11 +12,13 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from dcgan_lightning.divergence import POLICIES, finite_loss
 from dcgan_lightning.models.diffaugment import DiffAugment
 from dcgan_lightning.models.discriminator import Discriminator
 from dcgan_lightning.models.generator import Generator
 from dcgan_lightning.models.init import dcgan_init
 from dcgan_lightning.models.losses import LOSSES, discriminator_loss, generator_loss
+from dcgan_lightning.rng import rng_states, set_rng_states
 
 OptimizerFactory = Callable[..., Optimizer]
 
@@ -44,6 +46,7 @@ class GAN(LightningModule):
         diffaugment: str = "",
         ema: dict[str, Any] | None = None,
         grad_clip_norm: float | None = None,
+        on_nonfinite: str = "stop",
         channels_last: bool = False,
         compile: bool = False,
         num_fixed_samples: int = 64,
@@ -53,6 +56,8 @@ class GAN(LightningModule):
             raise ValueError(f"noise must be 'normal' or 'uniform', got {noise!r}")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if on_nonfinite not in POLICIES:
+            raise ValueError(f"on_nonfinite must be one of {POLICIES}, got {on_nonfinite!r}")
         if d_steps_per_g_step < 1:
             raise ValueError(f"d_steps_per_g_step must be >= 1, got {d_steps_per_g_step}")
         self.save_hyperparameters(ignore=["optimizer_g", "optimizer_d"], logger=False)
@@ -67,7 +72,7 @@ class GAN(LightningModule):
         self.ema_generator = None
         if ema:
             self.ema_generator = AveragedModel(
-                self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema["decay"]), use_buffers=True
+                self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema["decay"])
             )
         # Same on every rank and saved in checkpoints, so sample grids are comparable across epochs.
         fixed = self.sample_noise(num_fixed_samples, torch.Generator().manual_seed(0))
@@ -128,8 +133,9 @@ class GAN(LightningModule):
             d_fake = D(self.augment(fake.detach()))
             loss_d = discriminator_loss(hp.loss, d_real, d_fake, hp.label_smoothing)
             opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(loss_d)
-            opt_d.step()
+            if finite_loss(self.trainer, loss_d, "loss_d", hp.on_nonfinite):  # else stop or skip
+                self.manual_backward(loss_d)
+                opt_d.step()
         logs = {
             "train/loss_d": loss_d,
             "train/d_real": torch.sigmoid(d_real.detach().float()).mean(),
@@ -142,8 +148,9 @@ class GAN(LightningModule):
             with self.toggled_optimizer(opt_g):
                 loss_g = generator_loss(hp.loss, self.discriminator(self.augment(fake)))
                 opt_g.zero_grad(set_to_none=True)
-                self.manual_backward(loss_g)
-                opt_g.step()
+                if finite_loss(self.trainer, loss_g, "loss_g", hp.on_nonfinite):
+                    self.manual_backward(loss_g)
+                    opt_g.step()
             self._update_ema()
             logs["train/loss_g"] = loss_g
 
@@ -155,6 +162,11 @@ class GAN(LightningModule):
         if self.global_step < self.hparams.ema["start_step"]:
             self.ema_generator.n_averaged.zero_()  # the next update copies G: EMA tracks G exactly
         self.ema_generator.update_parameters(self.generator)
+        # BatchNorm statistics are copied, not averaged: averaged ones lag ~1/(1-decay) steps
+        # behind the weights, and the EMA generator draws flat grey images until they catch up.
+        ema_buffers = self.ema_generator.module.buffers()
+        for ema_buffer, buffer in zip(ema_buffers, self.generator.buffers()):
+            ema_buffer.copy_(buffer)
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         # Runs after AMP unscaling, so the norm is of the true gradients (Lightning issue #18089).
@@ -171,6 +183,14 @@ class GAN(LightningModule):
             self.optimizer_g(params=self.generator.parameters()),
             self.optimizer_d(params=self.discriminator.parameters()),
         ]
+
+    # -- checkpoints: the global RNGs (shuffle, DiffAugment, dropout, flips) for exact resume ---
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])
 
     # -- validation: hands real and generated images to the metric callbacks -------------------
     def validation_step(self, real: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
