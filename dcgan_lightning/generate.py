@@ -1,0 +1,186 @@
+"""`python -m dcgan_lightning.generate ckpt_path=PATH [key=value ...]`: images from a trained GAN.
+
+One run writes one kind of output: `num_images` image files (default), one grid (`grid=true`), a
+latent walk (`interpolate=true`) or a zip of JPEGs (`zip=images.zip`, Kaggle's layout).
+See conf/generate.yaml for every option.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+from rich.progress import MofNCompleteColumn, Progress
+
+from dcgan_lightning.generation.images import (
+    FORMATS,
+    ImageWriter,
+    encode,
+    grid,
+    save_gif,
+    to_pil,
+    to_uint8,
+)
+from dcgan_lightning.generation.latent import METHODS, latent_walk
+from dcgan_lightning.generation.loading import TrainedGenerator, load_generator
+
+log = logging.getLogger(__name__)
+
+MODES = ("zip", "grid", "interpolate")
+# Files a previous run may have left in `out`: `overwrite=true` replaces exactly these.
+OUR_FILES = re.compile(r"^(\d{6,}|grid|linear|slerp)\.(png|jpg|gif)$")
+
+
+def output_mode(cfg: DictConfig) -> str:
+    chosen = [mode for mode in MODES if cfg.get(mode)]
+    if len(chosen) > 1:
+        raise ValueError(f"choose one of zip=..., grid=true, interpolate=true; got {chosen}")
+    return chosen[0] if chosen else "files"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def default_out(ckpt_path: Path) -> Path:
+    """`<run dir>/generated/<time>/`: outputs stay with the run that made the checkpoint."""
+    ckpt_dir = ckpt_path.resolve().parent
+    run_dir = ckpt_dir.parent if ckpt_dir.name == "checkpoints" else ckpt_dir
+    return run_dir / "generated" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def claim(dest: Path, overwrite: bool, is_zip: bool) -> None:
+    """Refuse to write over earlier outputs unless `overwrite`; then clear ours from `dest`."""
+    if is_zip:
+        if dest.exists() and not overwrite:
+            raise FileExistsError(f"{dest} exists: pass overwrite=true to replace it")
+        return
+    if dest.exists() and not dest.is_dir():
+        raise FileExistsError(f"out={dest} is a file, not a folder")
+    if not dest.is_dir() or not any(dest.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"out={dest} is not empty: pass overwrite=true to replace its images, or another out="
+        )
+    for path in dest.iterdir():
+        if path.is_file() and OUR_FILES.match(path.name):
+            path.unlink()
+
+
+def render(
+    generator: TrainedGenerator, z: torch.Tensor, batch_size: int, size: int | None
+) -> Iterator[Image.Image]:
+    """G(z) as PIL images, `batch_size` at a time, so memory does not grow with len(z)."""
+    for start in range(0, len(z), batch_size):
+        with torch.inference_mode():
+            images = generator(z[start : start + batch_size])
+        yield from to_pil(to_uint8(images), size)
+
+
+def sample_images(
+    generator: TrainedGenerator, n: int, seed: int, batch_size: int, size: int | None = None
+) -> Iterator[Image.Image]:
+    """Image i comes from the i-th z of a CPU RNG seeded with `seed`, whatever the batch size."""
+    rng = torch.Generator().manual_seed(seed)
+    with Progress(*Progress.get_default_columns(), MofNCompleteColumn()) as bar:
+        task = bar.add_task("Generating", total=n)
+        for start in range(0, n, batch_size):
+            z = generator.sample_noise(min(batch_size, n - start), rng)
+            for image in render(generator, z, batch_size, size):
+                yield image
+                bar.advance(task)
+
+
+def walk_images(
+    generator: TrainedGenerator,
+    seeds: list[int],
+    steps: int,
+    method: str,
+    batch_size: int,
+    size: int | None = None,
+) -> list[Image.Image]:
+    """Frames walking through the first z of each seed: row k goes from seeds[k] to seeds[k+1]."""
+    anchors = torch.cat(
+        [generator.sample_noise(1, torch.Generator().manual_seed(s)) for s in seeds]
+    )
+    z = latent_walk(anchors, steps, method).flatten(0, 1)
+    return list(render(generator, z, batch_size, size))
+
+
+def write_walks(generator: TrainedGenerator, cfg: DictConfig, out: Path, fmt: str) -> None:
+    """Per method, a grid (a row per pair of seeds) and a GIF that walks there and back."""
+    seeds, steps = list(cfg.walk_seeds), cfg.walk_steps
+    out.mkdir(parents=True, exist_ok=True)
+    for method in METHODS:
+        frames = walk_images(generator, seeds, steps, method, cfg.batch_size, cfg.size)
+        (out / f"{method}.{fmt}").write_bytes(encode(grid(frames, nrow=steps), fmt))
+        # Each row's first frame repeats the previous row's last: keep it once.
+        path = [f for i, f in enumerate(frames) if i == 0 or i % steps != 0]
+        save_gif(path + path[-2:0:-1], out / f"{method}.gif")
+
+
+def check_options(cfg: DictConfig, mode: str) -> None:
+    if cfg.num_images < 1 or cfg.batch_size < 1:
+        raise ValueError("num_images and batch_size must be >= 1")
+    if cfg.format is not None and cfg.format not in FORMATS:
+        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {cfg.format!r}")
+    if cfg.size is not None and cfg.size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {cfg.size}")
+    if mode == "interpolate" and (len(cfg.walk_seeds) < 2 or cfg.walk_steps < 2):
+        raise ValueError("interpolate=true needs at least 2 walk_seeds and walk_steps >= 2")
+
+
+def generate(cfg: DictConfig) -> Path:
+    """Write the images `cfg` asks for; return the folder or zip written."""
+    mode = output_mode(cfg)
+    check_options(cfg, mode)
+    ckpt_path = Path(cfg.ckpt_path)
+    generator = load_generator(ckpt_path, resolve_device(cfg.device), cfg.ema)
+    fmt = cfg.format or ("jpg" if mode == "zip" else "png")
+    dest = Path(cfg.zip) if mode == "zip" else Path(cfg.out or default_out(ckpt_path))
+    claim(dest, cfg.overwrite, is_zip=mode == "zip")
+    side = generator.image_size
+    if cfg.size is not None and cfg.size > side:
+        log.warning(
+            "The model makes %d px images: upscaling them to %d px with Lanczos adds no detail "
+            "(train at a larger data.image_size for sharper images)",
+            side,
+            cfg.size,
+        )
+
+    if mode == "interpolate":
+        write_walks(generator, cfg, dest, fmt)
+    else:
+        images = sample_images(generator, cfg.num_images, cfg.seed, cfg.batch_size, cfg.size)
+        if mode == "grid":
+            dest.mkdir(parents=True, exist_ok=True)
+            images = list(images)
+            nrow = math.ceil(math.sqrt(len(images)))  # a near-square grid
+            (dest / f"grid.{fmt}").write_bytes(encode(grid(images, nrow), fmt))
+        else:
+            width = max(6, len(str(cfg.num_images - 1)))
+            with ImageWriter(dest, fmt, as_zip=mode == "zip") as writer:
+                for i, image in enumerate(images):
+                    writer.add(f"{i:0{width}d}", image)
+    log.info("Wrote %s", dest)
+    return dest
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
+def main(cfg: DictConfig) -> None:
+    generate(cfg)
+
+
+if __name__ == "__main__":
+    main()

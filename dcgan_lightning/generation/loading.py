@@ -1,0 +1,124 @@
+"""Load the generator of a training checkpoint, rebuilt from the hyperparameters saved in it."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dcgan_lightning.models.generator import Generator
+
+log = logging.getLogger(__name__)
+
+REQUIRED_HPARAMS = ("image_size", "channels", "z_dim", "noise", "generator")
+EMA_PREFIX = "ema_generator.module."
+RAW_PREFIX = "generator."
+
+
+class CheckpointError(ValueError):
+    """The file is not a checkpoint of a GAN trained by this project."""
+
+
+class TrainedGenerator(nn.Module):
+    """A trained generator with what sampling it needs: z size and the training noise law.
+
+    `forward(z)` gives images in [-1, 1]; `sample_noise` draws z as training did (N(0, 1) or
+    U(-1, 1)), one row at a time from a CPU generator, so that image i of a seed is the same
+    whatever the batch size or device.
+    """
+
+    def __init__(
+        self, net: Generator, noise: str, image_size: int, channels: int, ema: bool = False
+    ) -> None:
+        super().__init__()
+        if noise not in ("normal", "uniform"):
+            raise ValueError(f"noise must be 'normal' or 'uniform', got {noise!r}")
+        self.net = net
+        self.noise, self.image_size, self.channels = noise, image_size, channels
+        self.ema = ema  # whether `net` holds EMA weights
+        self.z_dim: int = net.z_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def sample_noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z of shape (n, z_dim) on this module's device; row i is the i-th draw of `generator`."""
+        draw = torch.rand if self.noise == "uniform" else torch.randn
+        device = generator.device if generator is not None else torch.device("cpu")
+        rows = [draw((1, self.z_dim), generator=generator, device=device) for _ in range(n)]
+        z = torch.cat(rows) if rows else torch.empty(0, self.z_dim, device=device)
+        if self.noise == "uniform":
+            z = z * 2 - 1
+        return z.to(self.device)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z.to(self.device)).float()
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict, with a clear error for a missing, foreign or non-checkpoint file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # what torch.save (and so Lightning) has written since 1.6
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a torch.save archive)")
+    try:
+        # weights_only: a checkpoint is data; unpickling arbitrary objects could run code.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain Python types, which a "
+            "dcgan_lightning checkpoint never does; not unpickling it, as that could run code"
+        ) from e
+    except (RuntimeError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(hparams, dict) or not isinstance(state, dict):
+        raise CheckpointError(
+            f"{path} is not a Lightning checkpoint (no hyper_parameters/state_dict): "
+            "pass a .ckpt written by `python -m dcgan_lightning`"
+        )
+    missing = [k for k in REQUIRED_HPARAMS if k not in hparams]
+    if missing or not any(k.startswith(RAW_PREFIX) for k in state):
+        raise CheckpointError(
+            f"{path} is a Lightning checkpoint but not of a dcgan_lightning GAN "
+            f"(missing hyperparameters {missing} or generator weights)"
+        )
+    return ckpt
+
+
+def generator_state(ckpt: dict[str, Any], ema: bool) -> tuple[dict[str, torch.Tensor], bool]:
+    """The generator weights to use, and whether they are the EMA ones."""
+    state = ckpt["state_dict"]
+    use_ema = ema and any(k.startswith(EMA_PREFIX) for k in state)
+    prefix = EMA_PREFIX if use_ema else RAW_PREFIX
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}, use_ema
+
+
+def load_generator(
+    ckpt_path: str | Path, device: str | torch.device = "cpu", ema: bool = True
+) -> TrainedGenerator:
+    """The generator of a training checkpoint, in eval mode on `device`.
+
+    `ema=True` takes the EMA weights when the run kept them (`model.ema`), else the raw ones.
+    """
+    ckpt = read_checkpoint(ckpt_path)
+    hp = ckpt["hyper_parameters"]
+    net = Generator(hp["z_dim"], hp["image_size"], hp["channels"], **hp["generator"])
+    state, used_ema = generator_state(ckpt, ema)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{ckpt_path}: generator weights do not fit its hyperparameters"
+        ) from e
+    log.info("Loaded %s generator weights from %s", "EMA" if used_ema else "raw", ckpt_path)
+    model = TrainedGenerator(net, hp["noise"], hp["image_size"], hp["channels"], ema=used_ema)
+    return model.to(device).eval()
