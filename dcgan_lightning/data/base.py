@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from dcgan_lightning.models.generator import channel_schedule
@@ -84,6 +85,25 @@ class ImageDataModule(LightningDataModule, ABC):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.images, shuffle=True, drop_last=True)
+
+    # Real images `val_dataloader` yields: set by the quality-metrics callback (0: no validation).
+    num_val_images: int = 0
+
+    def val_dataloader(self) -> DataLoader | list:
+        """A fixed random subset of `num_val_images` training images, each seen by one rank only.
+
+        The quality metrics compare generated images with these: the same subset in every run (its
+        features can be cached), split across ranks without the padding DistributedSampler adds.
+        """
+        if not self.num_val_images:
+            return []
+        order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(0))
+        dataset = UInt8Images(self.images[order[: self.num_val_images]])
+        sampler = None
+        if self.trainer is not None and self.trainer.world_size > 1:
+            kwargs = self.trainer.distributed_sampler_kwargs
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False, **kwargs)
+        return DataLoader(dataset, self.batch_size, sampler=sampler, collate_fn=stack_batch)
 
     def _loader(self, images: torch.Tensor, shuffle: bool, drop_last: bool) -> DataLoader:
         workers = self.num_workers

@@ -1,0 +1,152 @@
+"""Any folder of images as a training set, decoded once through the decoded-image cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from dcgan_lightning.data import cache, decode
+from dcgan_lightning.data.base import ImageDataModule
+from dcgan_lightning.data.download import MissingDataError, fetch_kaggle, kaggle_instructions
+
+log = logging.getLogger(__name__)
+
+
+def find_folder(root: Path, name: str) -> Path | None:
+    """The shallowest folder called `name` under `root` (root included), breadth first: Kaggle
+    zips nest folders differently from one download tool to another."""
+    queue = deque([root])
+    while queue:
+        folder = queue.popleft()
+        if folder.name == name:
+            return folder
+        try:
+            children = sorted(e.path for e in os.scandir(folder) if e.is_dir())
+        except OSError:
+            continue
+        queue.extend(Path(c) for c in children if not Path(c).name.startswith("."))
+    return None
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """Every image under `root` (recursively: jpg, jpeg, png, webp, bmp) as RGB (or L for one
+    channel), the short side resized to `image_size` and centre cropped.
+
+    Args:
+        root: the folder, or the folder that holds `folder` at any depth.
+        folder: the name of the image folder inside `root` (e.g. a Kaggle zip's `monet_jpg`).
+        crop: centre crop this many original pixels before resizing (aligned faces: 178).
+        max_images: use only the first N files (sorted by path), e.g. for a quick try.
+        cache_dir: where decoded images are kept between runs; None keeps them in memory only.
+        download: fetch missing data in `prepare_data` when a source is known (`kaggle`).
+        kaggle: {handle, competition} of the Kaggle dataset or competition that holds `root`.
+    """
+
+    what = "Image folder"
+
+    def __init__(
+        self,
+        root: str | Path,
+        folder: str | None = None,
+        crop: int | None = None,
+        max_images: int | None = None,
+        cache_dir: str | Path | None = None,
+        download: bool = True,
+        kaggle: Mapping[str, object] | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if crop is not None and crop <= 0:
+            raise ValueError(f"crop must be positive or null, got {crop}")
+        if max_images is not None and max_images <= 0:
+            raise ValueError(f"max_images must be positive or null, got {max_images}")
+        self.root, self.folder, self.crop, self.max_images = Path(root), folder, crop, max_images
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.download = download
+        self.kaggle = dict(kaggle) if kaggle else None
+        self.skipped: list[str] = []  # unreadable files, relative to the image folder
+        self._key: cache.CacheKey | None = None
+        self._reported = False
+
+    # -- what subclasses adapt -----------------------------------------------------------------
+    def how_to_get(self) -> str:
+        """Instructions for the missing-data error."""
+        if self.kaggle:
+            handle, competition = str(self.kaggle["handle"]), bool(self.kaggle.get("competition"))
+            return kaggle_instructions(handle, competition, self.root)
+        exts = ", ".join(e.lstrip(".") for e in decode.IMAGE_EXTENSIONS)
+        return f"  - put image files ({exts}) in {self.root} or point data.root at your folder"
+
+    def fetch(self) -> None:
+        """Download the data (rank 0, from `prepare_data`); raise `MissingDataError` if we can't."""
+        if self.kaggle:
+            fetch_kaggle(self.kaggle, self.root, self.what)
+
+    def image_dir(self) -> Path:
+        """The folder whose images are used; raises `MissingDataError` naming where to put them."""
+        if not self.root.is_dir():
+            raise MissingDataError(self.what, self.root, self.how_to_get())
+        if self.folder is None:
+            return self.root
+        found = find_folder(self.root, self.folder)
+        if found is None:
+            raise MissingDataError(f"Folder {self.folder!r}", self.root, self.how_to_get())
+        return found
+
+    def image_files(self, image_dir: Path) -> list[Path]:
+        """The candidate files, in a fixed order."""
+        return decode.list_images(image_dir)
+
+    # -- loading -------------------------------------------------------------------------------
+    def transform(self) -> dict[str, object]:
+        """Everything that changes the decoded pixels: part of the cache key."""
+        resample = decode.RESAMPLE.name.lower()
+        return {"size": self.image_size, "channels": self.channels, "crop": self.crop,
+                "resample": resample, "version": 1}  # fmt: skip
+
+    def _files(self) -> tuple[Path, list[Path]]:
+        image_dir = self.image_dir()
+        files = self.image_files(image_dir)[: self.max_images]
+        self._key = cache.CacheKey.of(image_dir, files, self.transform())
+        return image_dir, files
+
+    @property
+    def fingerprint(self) -> str:
+        if self._key is None:
+            self._files()
+        return f"{self._key.name}-{self._key.content}-{self.image_size}px-c{self.channels}"
+
+    def prepare_data(self) -> None:
+        if self.download:
+            try:
+                self.image_dir()
+            except MissingDataError:
+                self.fetch()
+        self.load_images()  # rank 0 decodes and writes the disk cache; other ranks read it
+
+    def load_images(self) -> torch.Tensor:
+        image_dir, files = self._files()
+        entry = cache.load(self._key, self.cache_dir)
+        if entry is None:
+            log.info("Decoding %d images from %s (once, then cached)", len(files), image_dir)
+            images, bad = decode.decode_images(files, self.image_size, self.channels, self.crop)
+            skipped = [p.relative_to(image_dir).as_posix() for p in bad]
+            entry = cache.DecodedImages(images, skipped)
+            if len(images):
+                cache.store(self._key, entry, self.cache_dir)
+        self.skipped = entry.skipped
+        if not self._reported:
+            decode.report_skipped(entry.skipped, image_dir)
+            self._reported = True
+        if not len(entry.images):
+            exts = ", ".join(decode.IMAGE_EXTENSIONS)
+            raise ValueError(
+                f"No readable image in {image_dir}: {len(files)} file(s) named {exts} found "
+                f"(searched recursively), {len(entry.skipped)} of them unreadable"
+            )
+        return entry.images
