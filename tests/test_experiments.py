@@ -30,6 +30,7 @@ def afhq(data: Path) -> None:
 
 FIXTURES: dict[str, tuple[Callable[[Path], None], int]] = {  # writer, training images it makes
     "picasso": (artworks, 17),
+    "picasso_plus": (artworks, 17),
     "rembrandt": (artworks, 16),
     "fashion_mnist": (
         lambda data: write_idx(
@@ -52,6 +53,10 @@ PINNED = {
     "picasso": {"model.generator.arch": "upsample", "model.z_dim": 128, "data.batch_size": 64,
                 "model.generator.features": 64, "data.image_size": 64, "trainer.max_epochs": 400,
                 "data.folder": "Pablo_Picasso", "seed": 0},
+    "picasso_plus": {"model.generator.arch": "upsample", "model.z_dim": 128,
+                     "model.discriminator.spectral_norm": True, "model.loss": "hinge",
+                     "model.diffaugment": "color,translation,cutout", "model.ema.decay": 0.999,
+                     "data.folder": "Pablo_Picasso", "seed": 0},
     "rembrandt": {"model.generator.arch": "upsample", "model.z_dim": 128, "data.batch_size": 64,
                   "trainer.max_epochs": 400, "data.folder": "Rembrandt", "seed": 0},
     "fashion_mnist": {"data.channels": 1, "data.image_size": 32, "seed": 1},
@@ -77,7 +82,7 @@ def test_experiment_pins_the_seed_set_up(tmp_path: Path, name: str) -> None:
     for key, value in PINNED[name].items():
         assert OmegaConf.select(cfg, key) == value, key
     assert cfg.data.root.startswith(cfg.paths.data_dir)  # data under ${paths.data_dir}
-    if name in ("picasso", "rembrandt"):
+    if name in ("picasso", "picasso_plus", "rembrandt"):
         assert cfg.model.discriminator.dropout > 0
 
 
