@@ -36,5 +36,8 @@ format: $(VENV)/.installed ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+bench: $(VENV)/.installed ## Benchmarks in one table: train(cfg) vs raw PyTorch, loading, metrics (ARGS="--quick")
+	$(PY) -m dcgan_lightning.bench $(ARGS)
+
 clean: ## Remove run outputs and caches (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -11,7 +11,9 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from dcgan_lightning.checkpoint_io import AtomicCheckpointIO, ensure_writable
 from dcgan_lightning.loggers import finish_wandb, start_loggers
+from dcgan_lightning.resume import check_compatible, resolve_ckpt_path
 from dcgan_lightning.sweep import rerun_this_job_for_ddp_ranks, write_result
 
 log = logging.getLogger(__name__)
@@ -28,22 +30,11 @@ def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     ]
 
 
-def resolve_ckpt_path(ckpt_path: str | None, task_dir: Path) -> str | None:
-    """A path as given, or for "last" the newest `last.ckpt` under `task_dir`."""
-    if ckpt_path != "last":
-        if ckpt_path is not None and not Path(ckpt_path).is_file():
-            raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
-        return ckpt_path
-    candidates = sorted(task_dir.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise FileNotFoundError(f"ckpt_path=last: no checkpoints/last.ckpt under {task_dir}")
-    return str(candidates[-1])
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit a GAN as `cfg` describes and return the final logged metrics."""
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir.parent.parent)
+    ensure_writable(output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -52,6 +43,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model: pl.LightningModule = instantiate(
         cfg.model, image_size=datamodule.image_size, channels=datamodule.channels
     )
+    if ckpt_path is not None:
+        check_compatible(ckpt_path, model)  # before the run directory is written to
     callbacks = instantiate_dict(cfg.get("callbacks"))
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -62,6 +55,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         rerun_this_job_for_ddp_ranks()
         trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:
         finish_wandb(loggers)

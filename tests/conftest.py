@@ -48,6 +48,9 @@ def tiny(cfg: DictConfig) -> DictConfig:
             cfg.data.num_images = 64
         cfg.data.batch_size = 16
         cfg.callbacks.pop("progress_bar", None)
+        if cfg.get("metrics"):  # no network in tests; a small, quick evaluation
+            cfg.metrics.download = False
+            cfg.metrics.num_samples = 32
     return cfg
 
 

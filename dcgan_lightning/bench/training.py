@@ -1,0 +1,282 @@
+"""Training throughput: `train(cfg)` against a plain PyTorch loop of the same DCGAN, side by side.
+
+Both sides build the project's Generator and Discriminator from the same model config, with the
+same init, optimizers, batch, precision and memory format, and take the same step: one G forward,
+a D step on real and detached fake, a G step with D frozen, the logged statistics computed. Raw
+and framework runs alternate, so drift on a shared machine hits both alike; warm-up batches are
+excluded and every figure is a median of repeats.
+Run alone: `python -m dcgan_lightning.bench.training [--quick]`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig
+
+from dcgan_lightning.bench import compose_train_config, row
+from dcgan_lightning.data.shapes import ShapesDataModule
+from dcgan_lightning.models.discriminator import Discriminator
+from dcgan_lightning.models.generator import Generator
+from dcgan_lightning.models.init import dcgan_init
+from dcgan_lightning.models.losses import discriminator_loss, generator_loss
+from dcgan_lightning.precision import amp_precision
+from dcgan_lightning.train import train
+
+SECTION = "training"
+BATCH = 64
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    precision: str
+    channels_last: bool
+    image_size: int = 64
+    compile: bool = False
+
+
+def cases(device: str) -> list[Case]:
+    """fp32, mixed precision and channels_last at 64 px; on GPU also 128/256 px and compile."""
+    amp = amp_precision("gpu" if device == "cuda" else "cpu")
+    amp = "bf16-mixed" if amp == "32-true" else amp  # measure bf16 even where it is not the default
+    base = [Case("fp32", "32-true", False), Case(amp, amp, False), Case(f"{amp} + cl", amp, True)]
+    if device != "cuda":
+        return base
+    return [
+        *base,
+        Case(f"{amp} + cl, 128 px", amp, True, image_size=128),
+        Case(f"{amp} + cl, 256 px", amp, True, image_size=256),
+        Case(f"{amp} + cl + compile", amp, True, compile=True),
+    ]
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _seconds_per_batch(marks: list[float]) -> float:
+    return statistics.median(b - a for a, b in itertools.pairwise(marks))
+
+
+class BatchTimer(Callback):
+    """Marks the start of every batch after `warmup`; rank 0 writes the marks to `out` as JSON.
+
+    Start to start, a batch's time holds all the loop does for it: loading, the step, logging and
+    callbacks.
+    """
+
+    def __init__(self, warmup: int, out: str) -> None:
+        self.warmup, self.out = warmup, out
+        self.marks: list[float] = []
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, batch_idx: int
+    ) -> None:
+        if batch_idx >= self.warmup:
+            self.marks.append(_now(pl_module.device))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            Path(self.out).write_text(json.dumps(self.marks))
+
+
+def _overrides(case: Case, device: torch.device, batches: int) -> list[str]:
+    """The default config at this case's size and precision, `batches` batches, CSV logs."""
+    return [
+        "data=shapes",
+        f"data.image_size={case.image_size}",
+        f"data.batch_size={BATCH}",
+        f"data.num_images={BATCH * batches}",
+        f"trainer={'gpu' if device.type == 'cuda' else 'cpu'}",
+        f"trainer.precision={case.precision}",
+        f"model.channels_last={case.channels_last}",
+        f"model.compile={case.compile}",
+        "trainer.max_epochs=1",
+        f"++trainer.limit_train_batches={batches}",
+        "++trainer.limit_val_batches=0",
+        "logger=csv",
+        "~callbacks.progress_bar",  # it would print over the table; see the README for its cost
+        "++trainer.enable_progress_bar=false",
+        "++trainer.enable_model_summary=false",
+    ]
+
+
+def framework_seconds(case: Case, device: torch.device, warmup: int, n: int, tmp: Path) -> float:
+    """Median seconds per batch of `train(cfg)`, the path `python -m dcgan_lightning` takes."""
+    out = tmp / "marks.json"
+    overrides = [
+        *_overrides(case, device, warmup + n + 1),
+        f"+callbacks.timer._target_={BatchTimer.__module__}.BatchTimer",
+        f"+callbacks.timer.warmup={warmup}",
+        f"+callbacks.timer.out={out}",
+    ]
+    train(compose_train_config(overrides, tmp / "run"))
+    return _seconds_per_batch(json.loads(out.read_text()))
+
+
+def raw_seconds(
+    case: Case,
+    model_cfg: DictConfig,
+    images: torch.Tensor,
+    device: torch.device,
+    warmup: int,
+    n: int,
+) -> float:
+    """Median seconds per batch of a plain PyTorch loop (the pytorch/examples recipe)."""
+    G = Generator(model_cfg.z_dim, case.image_size, images.size(1), **model_cfg.generator)
+    D = Discriminator(case.image_size, images.size(1), **model_cfg.discriminator)
+    G.apply(dcgan_init), D.apply(dcgan_init)
+    memory_format = torch.channels_last if case.channels_last else torch.contiguous_format
+    G, D = G.to(device, memory_format=memory_format), D.to(device, memory_format=memory_format)
+    if case.compile:
+        G.compile(), D.compile()
+    opt_g = instantiate(model_cfg.optimizer_g)(params=G.parameters())
+    opt_d = instantiate(model_cfg.optimizer_d)(params=D.parameters())
+    dtype = torch.float16 if case.precision == "16-mixed" else torch.bfloat16
+    autocast = torch.autocast(device.type, dtype, enabled=case.precision != "32-true")
+    scaler = torch.amp.GradScaler(device.type, enabled=case.precision == "16-mixed")
+    order, marks, logged = torch.randperm(len(images)), [], []
+    for i in range(warmup + n + 1):
+        if i >= warmup:
+            marks.append(_now(device))
+        real = images[order[i * BATCH : (i + 1) * BATCH]].to(device, non_blocking=True)
+        real = real.float().div_(127.5).sub_(1.0).contiguous(memory_format=memory_format)
+        with autocast:
+            fake = G(torch.randn(BATCH, model_cfg.z_dim, device=device))
+            d_real, d_fake = D(real), D(fake.detach())
+            loss_d = discriminator_loss(model_cfg.loss, d_real, d_fake)
+        opt_d.zero_grad(set_to_none=True)
+        scaler.scale(loss_d).backward()
+        scaler.step(opt_d)
+        scaler.update()
+
+        D.requires_grad_(False)
+        with autocast:
+            loss_g = generator_loss(model_cfg.loss, D(fake))
+        opt_g.zero_grad(set_to_none=True)
+        scaler.scale(loss_g).backward()
+        scaler.step(opt_g)
+        scaler.update()
+        D.requires_grad_(True)
+        d_x, d_g_z = torch.sigmoid(d_real.detach().float()), torch.sigmoid(d_fake.detach().float())
+        logged.append(torch.stack([loss_d.detach(), d_x.mean(), d_g_z.mean(), loss_g.detach()]))
+    return _seconds_per_batch(marks)
+
+
+def peak_rss_mib(args: list[str], log: Path) -> float:
+    """Peak resident memory of `python <args>`, run as its own process (output to `log`).
+
+    Polls the child's VmHWM (Linux) once it runs `args`: `ru_maxrss` of a child would also count
+    the parent's memory, which the fork copies before `exec`.
+    """
+    cmd, peak_kib = [sys.executable, *args], 0
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc_dir = Path(f"/proc/{proc.pid}")
+        while proc.poll() is None:
+            with contextlib.suppress(OSError, IndexError):  # it may end between poll and read
+                if (proc_dir / "cmdline").read_text().split("\0")[:-1] == cmd:
+                    status = (proc_dir / "status").read_text().split("VmHWM:")[1]
+                    peak_kib = max(peak_kib, int(status.split()[0]))
+            time.sleep(0.02)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{log.read_text()[-2000:]}")
+    return peak_kib / 1024
+
+
+def _measure(
+    timings: dict, case: Case, side: str, data: dict, device: torch.device, args: tuple, tmp: Path
+) -> None:
+    """One timing of one side, appended to `timings[(case.name, side)]` (and GPU peak memory)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if side == "raw":
+        model_cfg = compose_train_config([], tmp).model
+        seconds = raw_seconds(case, model_cfg, data[case.image_size], device, *args)
+    else:
+        seconds = framework_seconds(case, device, *args, tmp)
+    timings.setdefault((case.name, side), []).append(seconds)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        timings.setdefault((case.name, f"{side} GPU"), []).append(peak)
+
+
+def _rows(
+    timings: dict, device: torch.device, repeats: int, n: int, rss: dict[str, float]
+) -> list[dict]:
+    rows, where = [], f"{device.type}, batch {BATCH}, median of {repeats} x {n} batches"
+    for case in cases(device.type):
+        raw, fw = timings[(case.name, "raw")], timings[(case.name, "framework")]
+        for side, seconds in (("raw loop", raw), ("train(cfg)", fw)):
+            rate = BATCH / statistics.median(seconds)
+            spread = f"{BATCH / max(seconds):.0f}-{BATCH / min(seconds):.0f}"
+            note = f"{case.image_size} px, {where}; repeats {spread}"
+            rows.append(row(SECTION, f"{case.name}: {side}", rate, "img/s", note))
+        ratio = statistics.median(r / f for r, f in zip(raw, fw, strict=True))
+        note = "target >= 0.97; median of back-to-back pairs"
+        rows.append(row(SECTION, f"{case.name}: train(cfg) / raw", ratio, "x", note))
+        for side in ("raw", "framework") if device.type == "cuda" else ():
+            peak = max(timings[(case.name, f"{side} GPU")])
+            rows.append(row(SECTION, f"{case.name}: {side} peak GPU memory", peak, "MiB"))
+    default = cases(device.type)[2].name
+    fp32_raw = statistics.median(timings[("fp32", "raw")])
+    speedup = fp32_raw / statistics.median(timings[(default, "framework")])
+    note = "target >= 1.8 on CPU"
+    rows.append(row(SECTION, f"{default}: train(cfg) / fp32 raw loop", speedup, "x", note))
+    note = "python -m dcgan_lightning, 64 px, bf16 + cl, CPU"
+    rows.append(row(SECTION, "peak RSS of a training process", rss["training"], "MiB", note))
+    note = "baseline: python -c 'import torch'"
+    rows.append(row(SECTION, "peak RSS of importing torch", rss["import torch"], "MiB", note))
+    return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    warmup, n, repeats = (2, 4, 1) if quick else (3, 10, 3)
+    if device.type == "cuda":
+        warmup, n = warmup + 5, n * 3  # compile and cudnn autotuning happen in the warm-up
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("dcgan_lightning").setLevel(logging.WARNING)
+    timings: dict[tuple[str, str], list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sizes = {case.image_size for case in cases(device.type)}
+        num_images = BATCH * (warmup + n + 1)
+        data = {s: ShapesDataModule(num_images, image_size=s).load_images() for s in sizes}
+        for r, (i, case) in itertools.product(range(repeats), enumerate(cases(device.type))):
+            for side in ("raw", "framework")[:: 1 if r % 2 == 0 else -1]:
+                run_dir = Path(tmp) / f"{r}-{i}-{side}"
+                _measure(timings, case, side, data, device, (warmup, n), run_dir)
+        overrides = _overrides(cases("cpu")[-1], torch.device("cpu"), 12)
+        run_dir = f"hydra.run.dir={Path(tmp) / 'rss'}"
+        rss = {
+            "training": peak_rss_mib(
+                ["-m", "dcgan_lightning", *overrides, run_dir], Path(tmp) / "log"
+            ),
+            "import torch": peak_rss_mib(["-c", "import torch"], Path(tmp) / "log"),
+        }
+    return _rows(timings, device, repeats, n, rss)
+
+
+if __name__ == "__main__":
+    for r in run(quick="--quick" in sys.argv):
+        print(f"{r['case']:<44} {r['value']:>10,.2f} {r['unit']:<6} {r['note']}")

@@ -1,0 +1,126 @@
+"""The training plots GAN users read: D(x) and D(G(z)), the G and D losses, the quality metrics.
+
+PNGs in `dirpath`, redrawn at every epoch end (a run stopped early still has them), and sent to the
+loggers that show images at the end of fit. Values come from what the LightningModule and the
+quality-metrics callback log, recorded on rank zero only (plotting never takes part in collectives).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from matplotlib.figure import Figure
+
+from dcgan_lightning.callbacks.samples import log_image
+
+# Each figure: its file name and the logged keys it draws, with their legend labels.
+FIGURES = {
+    "discriminator": {"train/d_real": "D(x)", "train/d_fake": "D(G(z))"},
+    "losses": {"train/loss_d": "D loss", "train/loss_g": "G loss"},
+}
+
+
+class TrainingPlots(Callback):
+    """discriminator.png, losses.png and metrics.png, against training progress in epochs.
+
+    Per-batch values are read every `trainer.log_every_n_steps` batches (reading a GPU value
+    synchronises, so not every batch); per-epoch means are drawn on top of them.
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+        # key -> list of (epoch as a float, value); kept in checkpoints so resumed runs continue.
+        self.history: dict[str, list[tuple[float, float]]] = defaultdict(list)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, i: int
+    ) -> None:
+        if not trainer.is_global_zero or i % max(1, trainer.log_every_n_steps):
+            return
+        progress = trainer.current_epoch + (i + 1) / max(1, trainer.num_training_batches)
+        self._record(trainer, "_step", progress, "train/")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self._record(trainer, "_epoch", trainer.current_epoch + 0.5, "train/")  # mid-epoch
+        self.draw()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            self._record(trainer, "", trainer.current_epoch + 1, "val/")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        for path in self.draw():
+            log_image(trainer, f"plots/{path.stem}", path)
+
+    def _record(self, trainer: pl.Trainer, suffix: str, x: float, prefix: str) -> None:
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith(prefix) and key.endswith(suffix) and value.numel() == 1:
+                self.history[key].append((float(x), float(value)))
+
+    def draw(self) -> list[Path]:
+        """Write every figure that has data; return their paths."""
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name, series in FIGURES.items():
+            if any(f"{key}_step" in self.history for key in series):
+                paths.append(self._draw_training(name, series))
+        metrics = sorted(k for k in self.history if k.startswith("val/") and "_std" not in k)
+        if metrics:
+            paths.append(self._draw_metrics(metrics))
+        return paths
+
+    def _draw_training(self, name: str, series: dict[str, str]) -> Path:
+        fig = Figure(figsize=(7, 4), layout="constrained")
+        ax = fig.add_subplot()
+        for i, (key, label) in enumerate(series.items()):
+            colour = f"C{i}"
+            if steps := self.history.get(f"{key}_step"):
+                ax.plot(*zip(*steps), color=colour, alpha=0.35, linewidth=0.8)
+            if epochs := self.history.get(f"{key}_epoch"):
+                ax.plot(*zip(*epochs), "o-", color=colour, label=f"{label} (epoch mean)")
+            else:
+                ax.plot([], [], color=colour, label=label)
+        if name == "discriminator":
+            ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+            ax.set_ylim(0, 1)
+        ax.set_xlabel("epoch")
+        ax.legend()
+        return self._save(fig, name)
+
+    def _draw_metrics(self, keys: list[str]) -> Path:
+        # One panel per metric (different scales); SWD's per-level values share the SWD panel.
+        panels = [k for k in keys if not k.endswith("px")]
+        fig = Figure(figsize=(4 * len(panels), 3.5), layout="constrained")
+        for ax, key in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+            x, y = zip(*self.history[key])
+            ax.plot(x, y, "o-", color="C0", label=key)
+            if std := self.history.get(f"{key}_std"):
+                lo = [v - s for v, (_, s) in zip(y, std)]
+                hi = [v + s for v, (_, s) in zip(y, std)]
+                ax.fill_between(x, lo, hi, color="C0", alpha=0.2)
+            for i, level in enumerate(k for k in keys if k.startswith(f"{key}_")):
+                ax.plot(*zip(*self.history[level]), ".--", color=f"C{i + 1}", label=level)
+            ax.set_xlabel("epoch")
+            ax.set_title(key)
+            if len(ax.get_lines()) > 1:
+                ax.legend(fontsize="small")
+        return self._save(fig, "metrics")
+
+    def _save(self, fig: Figure, name: str) -> Path:
+        path = self.dirpath / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        return path
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": dict(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = defaultdict(list, state_dict["history"])

@@ -1,0 +1,211 @@
+"""Quality metrics every `eval_every_n_epochs` (val/fid, val/kid, val/mifid, val/swd) and the
+checkpoint of the best epoch by them.
+
+The validation loop carries the work: the datamodule yields a fixed subset of `num_samples` real
+images (split across ranks), `GAN.validation_step` generates as many images, this callback feeds
+both to a `QualityEvaluator`. Inception lives here, not in the LightningModule: it never reaches a
+checkpoint. Real statistics are computed at the first evaluation (never in the sanity check) and
+cached on disk for later runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
+
+from dcgan_lightning.metrics import cache, inception
+from dcgan_lightning.metrics.evaluator import QualityEvaluator, to_uint8
+
+log = logging.getLogger(__name__)
+SWD_MAX_PATCHES_PER_IMAGE = 128  # ProGAN's count: more would mostly repeat neighbourhoods
+
+
+class QualityMetrics(Callback):
+    """Computes and logs `val/<metric>`; see conf/metrics/default.yaml for every knob."""
+
+    def __init__(
+        self,
+        num_samples: int = 2048,
+        eval_every_n_epochs: int = 1,
+        fid: bool = True,
+        kid: bool = True,
+        mifid: bool = False,
+        kid_subsets: int = 100,
+        kid_subset_size: int = 1000,
+        antialias: bool = False,
+        feature_extractor_weights_path: str | None = None,
+        download: bool = True,
+        require_fid: bool = False,
+        swd: bool = True,
+        swd_patches_per_level: int = 32768,
+        swd_directions: int = 512,
+        cache_dir: str | None = None,
+    ) -> None:
+        if num_samples < 2:
+            raise ValueError(f"metrics.num_samples must be >= 2, got {num_samples}")
+        if eval_every_n_epochs < 1:
+            raise ValueError(f"metrics.eval_every_n_epochs must be >= 1, got {eval_every_n_epochs}")
+        self.num_samples, self.eval_every_n_epochs = num_samples, eval_every_n_epochs
+        self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
+        self.swd, self.swd_patches_per_level, self.swd_directions = (
+            swd,
+            swd_patches_per_level,
+            swd_directions,
+        )
+        self.cache_dir = cache_dir
+        self.feature_metrics = tuple(
+            m for m, on in (("fid", fid), ("kid", kid), ("mifid", mifid)) if on
+        )
+        self.extractor, self.extractor_id = None, None
+        if self.feature_metrics:  # resolved once, at start-up, before any training
+            weights, why = inception.resolve_weights(feature_extractor_weights_path, download)
+            if weights is not None:
+                try:
+                    self.extractor = inception.load_inception(weights, antialias)
+                except Exception as err:  # a corrupt or foreign file counts as no weights
+                    weights, why = None, f"{weights} does not load ({type(err).__name__}: {err})"
+            if weights is None and require_fid:
+                raise RuntimeError(
+                    f"metrics.require_fid=true but no Inception weights: {why}. "
+                    f"{inception.how_to_supply()}"
+                )
+            if weights is None:
+                rank_zero_warn(
+                    f"No Inception weights ({why}): training WITHOUT "
+                    f"{'/'.join(self.feature_metrics)}, with SWD only. {inception.how_to_supply()} "
+                    "(metrics.require_fid=true turns this warning into an error)."
+                )
+                self.feature_metrics = ()
+            else:
+                self.extractor_id = f"inception-{inception.weights_id(weights)}-aa{antialias}"
+        self.evaluator: QualityEvaluator | None = None
+        self.real_done = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.feature_metrics) or self.swd
+
+    @property
+    def primary_metric(self) -> str | None:
+        """The best checkpoint's metric: val/fid when Inception is available, else val/swd."""
+        for name in ("fid", "kid", "swd"):
+            if name in self.feature_metrics or (name == "swd" and self.swd):
+                return f"val/{name}"
+        return None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.enabled:
+            return
+        if stage == "fit" and trainer.check_val_every_n_epoch != self.eval_every_n_epochs:
+            raise ValueError(
+                f"trainer.check_val_every_n_epoch={trainer.check_val_every_n_epoch} but "
+                f"metrics.eval_every_n_epochs={self.eval_every_n_epochs}: set the latter only"
+            )
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "num_val_images"):
+            raise TypeError("QualityMetrics needs an ImageDataModule (dcgan_lightning.data.base)")
+        available = len(datamodule.images)
+        n = min(self.num_samples, available)
+        if n < self.num_samples:
+            rank_zero_warn(
+                f"metrics.num_samples={self.num_samples} but the dataset has {available} images: "
+                f"metrics use {n} real and {n} generated images"
+            )
+        datamodule.num_val_images = n
+        self.evaluator = QualityEvaluator(
+            datamodule.image_size,
+            self.extractor,
+            num_features=getattr(self.extractor, "num_features", inception.NUM_FEATURES),
+            feature_metrics=self.feature_metrics,
+            kid_subsets=self.kid_subsets,
+            kid_subset_size=self.kid_subset_size,
+            swd=self.swd,
+            swd_patches_per_image=min(
+                SWD_MAX_PATCHES_PER_IMAGE, -(-self.swd_patches_per_level // n)
+            ),
+            swd_directions=self.swd_directions,
+        ).to(pl_module.device)
+        self.real_done = False
+        self._cache_settings = {
+            "data": datamodule.fingerprint,
+            "image_size": datamodule.image_size,
+            "channels": datamodule.channels,
+            "num_images": n,
+            "extractor": self.extractor_id,
+        }
+        path = self._cache_file()
+        cached = cache.load_features(path) if path is not None else None
+        if cached is not None and len(cached) == n:
+            self.evaluator.load_real_features(cached[trainer.global_rank :: trainer.world_size])
+            log.info("Real-image features loaded from %s", path)
+
+    def _cache_file(self) -> Path | None:
+        if not self.cache_dir or self.extractor_id is None:
+            return None
+        return cache.cache_path(self.cache_dir, cache.cache_key(**self._cache_settings))
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self.evaluator is None or trainer.sanity_checking:
+            return
+        self.evaluator.update(to_uint8(outputs["fake"]), real=False)
+        if not self.real_done:
+            self.evaluator.update(to_uint8(outputs["real"]), real=True)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Runs on every rank: compute() is collective (never in a rank-zero-only hook).
+        if self.evaluator is None or trainer.sanity_checking:
+            return
+        if not self.real_done:
+            self._finish_real_pass(trainer)
+        if self.evaluator.fake_count() < 2:
+            rank_zero_warn("Fewer than 2 generated images this evaluation: no quality metrics")
+        else:
+            values = self.evaluator.compute()
+            # Equal on every rank already; the mean over ranks keeps them (and Lightning quiet).
+            pl_module.log_dict({f"val/{k}": v for k, v in values.items()}, sync_dist=True)
+        self.evaluator.reset()
+
+    def _finish_real_pass(self, trainer: pl.Trainer) -> None:
+        """Real statistics are final after the first evaluation; a complete pass is cached."""
+        self.real_done = True
+        path = self._cache_file()
+        if path is None or self.evaluator.real_features_loaded:
+            return
+        features = self.evaluator.gather_real_features()  # collective
+        if trainer.is_global_zero and len(features) == self._cache_settings["num_images"]:
+            cache.save_features(path, features, self._cache_settings)
+            log.info("Real-image features cached in %s", path)
+
+
+class BestQualityCheckpoint(ModelCheckpoint):
+    """Keeps the checkpoint of the best evaluation by `QualityMetrics.primary_metric`.
+
+    DCGAN quality often peaks, then collapses: this one survives next to last.ckpt. The metric is
+    known only once the Inception weights are resolved, so it is chosen at setup; without quality
+    metrics this callback saves nothing.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs = {"save_top_k": 1, "mode": "min", "save_on_train_epoch_end": False, **kwargs}
+        super().__init__(monitor=None, **kwargs)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        quality = [c for c in trainer.callbacks if isinstance(c, QualityMetrics) and c.enabled]
+        self.monitor = quality[0].primary_metric if quality else None
+        super().setup(trainer, pl_module, stage)
+
+    def _should_skip_saving_checkpoint(self, trainer: pl.Trainer) -> bool:
+        return self.monitor is None or super()._should_skip_saving_checkpoint(trainer)

@@ -1,0 +1,1 @@
+"""Image-quality metrics: FID/KID/MiFID through torchmetrics, the weights-free SWD, their caches."""
