@@ -51,6 +51,7 @@ def tiny(cfg: DictConfig) -> DictConfig:
         if cfg.get("metrics"):  # no network in tests; a small, quick evaluation
             cfg.metrics.download = False
             cfg.metrics.num_samples = 32
+            cfg.metrics.eval_every_n_epochs = 1
     return cfg
 
 

@@ -219,7 +219,7 @@ def test_ema_weights_used_when_present(ckpt: Path, plain_ckpt: Path, tmp_path: P
     with torch.no_grad():
         torch.testing.assert_close(ema(z), model.generate(z))  # the EMA copy
         torch.testing.assert_close(raw(z), model.generator.eval()(z))
-        assert (ema(z) - raw(z)).abs().max() > 0.1  # the test can tell them apart
+        assert (ema(z) - raw(z)).abs().max() > 0.01  # the test can tell them apart
         plain = load_generator(plain_ckpt)
         assert not plain.ema
         torch.testing.assert_close(plain(z), raw(z))

@@ -114,7 +114,8 @@ def test_resume_restores_optimizers_epoch_and_fixed_noise(make_cfg, tmp_path: Pa
     train(first)
     last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
-    assert saved["epoch"] == 1 and saved["global_step"] == 4  # 1 epoch done; 2 batches x (D + G)
+    epochs_done = saved["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"]
+    assert epochs_done == 1 and saved["global_step"] == 4  # 2 batches x (D + G)
 
     class Probe(pl.Callback):
         def on_train_start(self, trainer, pl_module) -> None:
@@ -142,7 +143,8 @@ def test_resume_restores_optimizers_epoch_and_fixed_noise(make_cfg, tmp_path: Pa
     resumed = torch.load(
         Path(second.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True
     )
-    assert resumed["epoch"] == 2 and resumed["global_step"] == 8
+    epochs_done = resumed["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"]
+    assert epochs_done == 2 and resumed["global_step"] == 8
 
 
 @pytest.mark.parametrize(

@@ -101,9 +101,10 @@ class QualityMetrics(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not self.enabled:
             return
-        if stage == "fit" and trainer.check_val_every_n_epoch != self.eval_every_n_epochs:
+        every = trainer.check_val_every_n_epoch
+        if stage == "fit" and not trainer.fast_dev_run and every != self.eval_every_n_epochs:
             raise ValueError(
-                f"trainer.check_val_every_n_epoch={trainer.check_val_every_n_epoch} but "
+                f"trainer.check_val_every_n_epoch={every} but "
                 f"metrics.eval_every_n_epochs={self.eval_every_n_epochs}: set the latter only"
             )
         datamodule = trainer.datamodule
