@@ -6,10 +6,12 @@ import csv
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -40,6 +42,12 @@ def optimized_value(metrics: dict[str, float], name: str, fallback: str = "val/s
     return value
 
 
+# Set by Lightning's subprocess launcher in the launching process. A later job of the same sweep
+# process would read them as "ranks are started externally" and wait for ranks that never come.
+_LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+_RANKS_FROM_OUTSIDE = "LOCAL_RANK" in os.environ  # torchrun or similar started this process
+
+
 def rerun_this_job_for_ddp_ranks() -> None:
     """Make Lightning's subprocess DDP launcher start this sweep job's ranks, not a new sweep.
 
@@ -49,6 +57,11 @@ def rerun_this_job_for_ddp_ranks() -> None:
     """
     if not in_multirun():
         return
+    if not _RANKS_FROM_OUTSIDE:  # forget the previous job's launch and its (finished) ranks
+        for name in _LAUNCHER_ENV:
+            os.environ.pop(name, None)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     hydra = HydraConfig.get()
     sys.argv = [sys.argv[0], *hydra.overrides.task, "hydra.mode=RUN"]
     with read_write(hydra), open_dict(hydra):

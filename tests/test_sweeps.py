@@ -183,3 +183,17 @@ def test_wandb_goes_offline_without_a_login(make_cfg, monkeypatch, tmp_path: Pat
     train(cfg)
     run = wandb_run(Path(cfg.paths.output_dir))
     assert "train/loss_d_step" in run["history"] and run["tags"] == ["dev"]
+
+
+@pytest.mark.slow
+def test_multirun_of_ddp_jobs_never_lets_a_rank_start_a_sweep(tmp_path: Path) -> None:
+    """Lightning's subprocess launcher (as `trainer=ddp` uses) re-runs the command line per rank."""
+    sweep = tmp_path / "sweep"
+    ddp = ["trainer=ddp_sim", "trainer.strategy.start_method=popen", "logger=csv"]
+    proc = run_cli("-m", "model.z_dim=8,16", f"hydra.sweep.dir={sweep}", *ddp, *TINY, cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert log.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2  # each job started its second rank
+    with open(sweep / "summary.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["completed", "completed"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # no rank ran a sweep
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
