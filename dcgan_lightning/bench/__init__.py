@@ -6,6 +6,9 @@ section module of this package and prints the table.
 
 from __future__ import annotations
 
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -31,3 +34,15 @@ def compose_train_config(overrides: list[str], output_dir: Path) -> DictConfig:
         del cfg["hydra"]
         cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warm_up: bool = False) -> float:
+    """Median wall time of `repeats` calls of `fn`, after one untimed call when `warm_up`."""
+    if warm_up:
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

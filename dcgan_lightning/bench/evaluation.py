@@ -14,13 +14,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torchmetrics.image.fid import _compute_fid
 
-from dcgan_lightning.bench import row
+from dcgan_lightning.bench import median_seconds, row
 from dcgan_lightning.callbacks.quality import SWD_MAX_PATCHES_PER_IMAGE
 from dcgan_lightning.metrics import inception
 from dcgan_lightning.metrics.evaluator import QualityEvaluator, _factor
@@ -29,18 +28,6 @@ from dcgan_lightning.metrics.swd import SlicedWassersteinDistance
 SECTION = "evaluation"
 SIZE, BATCH, FEATURES = 64, 100, inception.NUM_FEATURES
 SWD_PATCHES_PER_LEVEL = 32768  # conf/metrics/default.yaml
-
-
-def timed(fn: Callable[[], object], repeats: int, warm_up: bool = True) -> float:
-    """Median seconds of `repeats` calls, after one warm-up call."""
-    if warm_up:
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def images(n: int, seed: int) -> torch.Tensor:
@@ -68,7 +55,9 @@ def swd_times(n: int, repeats: int, warm_up: bool) -> tuple[float, float]:
     ready = SlicedWassersteinDistance(SIZE, per_image)
     for batch in real.split(BATCH):
         ready.update(batch, real=True)
-    return timed(first, repeats, warm_up), timed(lambda: later(ready), repeats, warm_up)
+    return median_seconds(first, repeats, warm_up), median_seconds(
+        lambda: later(ready), repeats, warm_up
+    )
 
 
 def feature_metric_times(n: int, repeats: int, warm_up: bool) -> dict[str, float]:
@@ -98,9 +87,9 @@ def feature_metric_times(n: int, repeats: int, warm_up: bool) -> dict[str, float
         evaluation(new)
         firsts.append(time.perf_counter() - start)
     return {
-        "load": timed(fresh, repeats, warm_up),
+        "load": median_seconds(fresh, repeats, warm_up),
         "first": statistics.median(firsts),
-        "later": timed(lambda: evaluation(ev), repeats, warm_up),
+        "later": median_seconds(lambda: evaluation(ev), repeats, warm_up),
     }
 
 
@@ -110,7 +99,7 @@ def inception_seconds_per_image(repeats: int) -> float:
         net = inception.load_inception(weights)
     batch = images(32, 2)
     with torch.no_grad():
-        return timed(lambda: net(batch), repeats) / len(batch)
+        return median_seconds(lambda: net(batch), repeats, warm_up=True) / len(batch)
 
 
 def fid_trace_term_times() -> tuple[float, float, float]:

@@ -7,16 +7,15 @@ with noise texture, so they cost what photos and paintings cost to decode) to a 
 from __future__ import annotations
 
 import random
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from dcgan_lightning import bench
+from dcgan_lightning.bench import median_seconds
 from dcgan_lightning.data import cache, decode
 from dcgan_lightning.data.image_folder import ImageFolderDataModule
 from dcgan_lightning.data.shapes import draw_shape
@@ -37,16 +36,6 @@ def write_jpegs(folder: Path, n: int = NUM_JPEGS, size: int = JPEG_SIZE) -> list
         image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
         image.save(folder / f"{i:04d}.jpg", quality=90)
     return decode.list_images(folder)
-
-
-def seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of `repeats` calls."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def one_epoch(dm: ImageFolderDataModule) -> int:
@@ -84,8 +73,8 @@ def training_rate(repeats: int) -> float:
         if device == "cuda":
             torch.cuda.synchronize()
 
-    seconds(step, 2)  # warm-up
-    return BATCH / seconds(step, repeats)
+    median_seconds(step, 2)  # warm-up
+    return BATCH / median_seconds(step, repeats)
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -93,16 +82,16 @@ def run(quick: bool = False) -> list[dict]:
     rows = []
 
     def row(case: str, value: float, unit: str, note: str = "") -> None:
-        rows.append({"section": SECTION, "case": case, "value": value, "unit": unit, "note": note})
+        rows.append(bench.row(SECTION, case, value, unit, note))
 
     with tempfile.TemporaryDirectory() as tmp:
         files = write_jpegs(Path(tmp) / "jpegs")
         n = len(files)
         note = f"{n} JPEGs {JPEG_SIZE}px -> {IMAGE_SIZE}px"
         size, channels = IMAGE_SIZE, 3
-        one = seconds(lambda: [decode.decode_image(f, size, channels) for f in files], 1)
+        one = median_seconds(lambda: [decode.decode_image(f, size, channels) for f in files], 1)
         row("decode, 1 thread", n / one, "img/s", note)
-        pooled = seconds(lambda: decode.decode_images(files, size, channels), 1)
+        pooled = median_seconds(lambda: decode.decode_images(files, size, channels), 1)
         row("decode, thread pool", n / pooled, "img/s", note)
 
         def make(workers: int = 0) -> ImageFolderDataModule:
@@ -120,23 +109,24 @@ def run(quick: bool = False) -> list[dict]:
             dm.setup("fit")
             one_epoch(dm)
 
-        row("first epoch (decode + cache write)", n / seconds(first_epoch, 1), "img/s", note)
+        row("first epoch (decode + cache write)", n / median_seconds(first_epoch, 1), "img/s", note)
 
         def from_disk() -> None:
             cache.clear_memory()
             make().setup("fit")
 
-        row("setup from disk cache (new run)", n / seconds(from_disk, repeats), "img/s", note)
+        from_disk_rate = n / median_seconds(from_disk, repeats)
+        row("setup from disk cache (new run)", from_disk_rate, "img/s", note)
         dm = make()
         dm.setup("fit")
         per_epoch = one_epoch(dm)
-        cached = per_epoch / seconds(lambda: one_epoch(dm), repeats)
+        cached = per_epoch / median_seconds(lambda: one_epoch(dm), repeats)
         row("cached epoch, num_workers=0", cached, "img/s", "uint8 batches -> float [-1, 1]")
         dm2 = make(workers=2)
         dm2.setup("fit")
         one_epoch(dm2)  # starts the persistent workers
-        row("cached epoch, num_workers=2", per_epoch / seconds(lambda: one_epoch(dm2), repeats),
-            "img/s", "persistent workers")  # fmt: skip
+        workers_rate = per_epoch / median_seconds(lambda: one_epoch(dm2), repeats)
+        row("cached epoch, num_workers=2", workers_rate, "img/s", "persistent workers")
         cache.clear_memory()
 
     train = training_rate(repeats)
