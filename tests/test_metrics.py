@@ -324,9 +324,8 @@ def test_ddp_run_caches_the_real_features_a_single_process_computes(
     make_cfg, tiny_inception: TinyExtractor, tmp_path: Path
 ) -> None:
     weights = f"metrics.feature_extractor_weights_path={tmp_path / 'weights.pth'}"
-    cfg = make_cfg(
-        *metric_overrides(tmp_path, weights, "metrics.num_samples=33"), "trainer=ddp_sim"
-    )
+    cfg = make_cfg(*metric_overrides(tmp_path, weights), "trainer=ddp_sim")
+    cfg.metrics.num_samples = 33  # after tiny(), which sets 32
     metrics = train(cfg)  # 2 gloo processes; an odd sample count: uneven shares
     assert {"val/fid", "val/kid", "val/swd"} <= set(metrics)
 
