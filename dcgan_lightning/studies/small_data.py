@@ -25,7 +25,7 @@ ARMS = {"dcgan": ["model=dcgan"], "dcgan_plus": ["model=dcgan_plus"]}
 
 
 def train_arm(name: str, overrides: list[str], out: Path) -> dict[int, float]:
-    """Train one arm through the CLI; return {global step: val/swd}."""
+    """Train one arm through the CLI; return {logged step (batches): val/swd}."""
     run_dir = out / name
     cmd = [sys.executable, "-m", "dcgan_lightning", *ARMS[name], *overrides]
     cmd += [f"hydra.run.dir={run_dir}", "logger=csv", "~callbacks.progress_bar"]
@@ -77,7 +77,7 @@ def main() -> None:
 
     steps = sorted(set.intersection(*(set(c) for c in curves.values())))
     print(f"\nval/swd (x1e3, lower is better), {args.images} images, same steps:\n")
-    print("| global step | " + " | ".join(curves) + " |")
+    print("| batches | " + " | ".join(curves) + " |")
     print("|---|" + "---|" * len(curves))
     for step in steps:
         print(f"| {step} | " + " | ".join(f"{c[step]:.1f}" for c in curves.values()) + " |")
@@ -85,7 +85,7 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, curve in curves.items():
         ax.plot(list(curve), list(curve.values()), marker="o", label=name)
-    ax.set(xlabel="global step", ylabel="val/swd (x1e3)", title=f"{args.images} images")
+    ax.set(xlabel="batches", ylabel="val/swd (x1e3)", title=f"{args.images} images")
     ax.legend()
     fig.savefig(args.out / "swd.png", dpi=120, bbox_inches="tight")
     print(f"\n{args.out / 'swd.png'}\n{side_by_side(args.out, list(curves))}")
