@@ -1,4 +1,4 @@
-"""The base of every datamodule: a uint8 image tensor in memory, batches normalised on the device."""
+"""The base of every datamodule: uint8 images in memory, batches normalised on the device."""
 
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ class ImageDataModule(LightningDataModule, ABC):
             images = self.load_images()
             expected = (self.channels, self.image_size, self.image_size)
             if images.dtype != torch.uint8 or tuple(images.shape[1:]) != expected:
-                raise RuntimeError(f"{type(self).__name__} gave {images.dtype} {tuple(images.shape)}")
+                got = f"{images.dtype} {tuple(images.shape)}"
+                raise RuntimeError(f"{type(self).__name__} gave {got}, expected uint8 {expected}")
             if len(images) < self.batch_size:
                 raise ValueError(
                     f"{type(self).__name__} has {len(images)} images, fewer than batch_size="
