@@ -172,7 +172,7 @@ def test_unknown_config_option_lists_the_valid_ones(tmp_path: Path) -> None:
 
 
 def config_options() -> list[str]:
-    groups = ("data", "model", "trainer", "callbacks", "logger")
+    groups = ("data", "model", "trainer", "callbacks", "logger", "metrics")
     return [f"{g}={p.stem}" for g in groups for p in sorted((REPO / "conf" / g).glob("*.yaml"))]
 
 
