@@ -29,7 +29,8 @@ BATCHES = 6  # per rank: 12 optimizer steps
 
 class RecordRank(Callback):
     """Each rank saves to `dirpath/rank<r>.pt` its initial and final G and D parameters, every z
-    its training steps drew, its fixed noise, what it trained through and its global step.
+    its training steps drew, its fixed noise, what it trained through, its global step, its own
+    mean `loss_d` over the epoch and the logged epoch mean.
 
     Lives here at module level: spawned ranks unpickle it by name.
     """
@@ -50,6 +51,10 @@ class RecordRank(Callback):
         if module.training:  # training steps; sample grids run in eval mode
             self.z.append(args[0].detach().clone())
 
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        mean = pl_module.train_means["loss_d"]  # this rank's state, before the logger resets it
+        self.local_loss_d = float(mean.mean_value / mean.weight)
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.hook.remove()
         record = {
@@ -61,6 +66,8 @@ class RecordRank(Callback):
             "reduced": {k: v[0] for k, v in self.reduced.items()},
             "global_step": trainer.global_step,
             "world_size": trainer.world_size,
+            "local_loss_d": self.local_loss_d,
+            "logged_loss_d_epoch": float(trainer.callback_metrics["train/loss_d_epoch"]),
         }
         torch.save(record, self.dirpath / f"rank{trainer.global_rank}.pt")
 
@@ -110,6 +117,11 @@ def test_ddp_sim_two_ranks_stay_in_sync(make_cfg, tmp_path) -> None:
     for z0, z1 in zip(r0["z"], r1["z"], strict=True):
         assert not torch.allclose(z0, z1)
     assert torch.equal(r0["fixed_noise"], r1["fixed_noise"])  # ...and the same sample-grid noise
+    # Epoch means are over both ranks' batches, on every rank.
+    assert r0["local_loss_d"] != r1["local_loss_d"]
+    both = (r0["local_loss_d"] + r1["local_loss_d"]) / 2
+    assert r0["logged_loss_d_epoch"] == pytest.approx(both, rel=1e-6)
+    assert r1["logged_loss_d_epoch"] == pytest.approx(both, rel=1e-6)
 
     # Rank 0's checkpoint holds the bare nets: it loads into a plain GAN without DDP prefixes.
     state = torch.load(Path(cfg.paths.output_dir) / "checkpoints/last.ckpt", weights_only=False)

@@ -31,7 +31,7 @@ from tests.conftest import REPO, compose_config, tiny
 EXACT = [
     "logger=none",
     "trainer.precision=32-true",
-    "model.diffaugment='color,translation,cutout'",
+    "model.diffaugment=[color,translation,cutout]",
     "model.discriminator.dropout=0.3",
     "data.flip=true",
     "model.ema={decay: 0.9, start_step: 0}",

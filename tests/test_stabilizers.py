@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hydra.utils import instantiate
 from torch import nn
@@ -14,25 +15,32 @@ from dcgan_lightning.models.init import dcgan_init
 def test_diffaugment_is_differentiable_and_changes_images() -> None:
     torch.manual_seed(0)
     x = torch.rand(8, 3, 32, 32, requires_grad=True)
-    for policy in ("color", "translation", "cutout", "color,translation,cutout"):
+    for policy in (["color"], ["translation"], ["cutout"], ["color", "translation", "cutout"]):
         y = DiffAugment(policy)(x)
         assert y.shape == x.shape and not torch.allclose(y, x)
         (grad,) = torch.autograd.grad(y.square().sum(), x)
         assert grad.abs().sum() > 0  # gradients reach the input: G can learn through it
-    assert DiffAugment("")(x) is x
+    assert DiffAugment([])(x) is x
+
+
+def test_diffaugment_names_its_ops_when_given_a_wrong_one() -> None:
+    with pytest.raises(ValueError, match=r"\['blur'\].*\['color', 'cutout', 'translation'\]"):
+        DiffAugment(["color", "blur"])
+    with pytest.raises(TypeError, match="list of op names"):
+        DiffAugment("color,translation")  # the string form Hydra would split into a sweep
 
 
 def test_translation_shifts_and_cutout_zeroes_a_square() -> None:
     torch.manual_seed(1)
     x = torch.arange(32.0).view(1, 1, 1, 32).expand(4, 1, 32, 32) + 1  # column index + 1
-    shifted = DiffAugment("translation")(x)
+    shifted = DiffAugment(["translation"])(x)
     for image in shifted[:, 0]:  # a row is the original row moved by dx, |dx| <= 32/8, zero-filled
         row = image[image.abs().sum(1).argmax()]
         cols = row.nonzero().flatten()
         dx = int(row[cols[0]].item()) - 1 - int(cols[0])
         assert abs(dx) <= 4 and len(cols) == 32 - abs(dx)
         assert torch.equal(row[cols], cols.float() + 1 + dx)
-    cut = DiffAugment("cutout")(torch.ones(16, 3, 32, 32))
+    cut = DiffAugment(["cutout"])(torch.ones(16, 3, 32, 32))
     zeros_per_image = (cut[:, 0] == 0).flatten(1).sum(1)
     assert zeros_per_image.max() == 16 * 16  # a 16x16 square when fully inside
     assert (zeros_per_image > 0).all()
@@ -51,7 +59,7 @@ class CountingAugment(nn.Module):
 
 
 def test_diffaugment_sees_real_and_fake_in_both_steps(make_cfg) -> None:
-    cfg = make_cfg("model.diffaugment=color", "callbacks=none", "logger=none")
+    cfg = make_cfg("model.diffaugment=[color]", "callbacks=none", "logger=none")
     dm = instantiate(cfg.data)
     model = instantiate(cfg.model, image_size=dm.image_size, channels=dm.channels)
     assert isinstance(model.augment, DiffAugment) and model.augment.ops == ["color"]

@@ -6,6 +6,8 @@ small training set while G still receives gradients through the augmentation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,11 +54,13 @@ _OPS = {"color": _color, "translation": _translation, "cutout": _cutout}
 
 
 class DiffAugment(nn.Module):
-    """Applies the comma-separated `policy` ('color,translation,cutout'); '' is the identity."""
+    """Applies the ops of `policy` in order (of color, translation, cutout); [] is the identity."""
 
-    def __init__(self, policy: str = "") -> None:
+    def __init__(self, policy: Sequence[str] = ()) -> None:
         super().__init__()
-        self.ops = [name.strip() for name in policy.split(",") if name.strip()]
+        if isinstance(policy, str):
+            raise TypeError(f"policy is a list of op names, e.g. {list(_OPS)}, not {policy!r}")
+        self.ops = list(policy)
         unknown = set(self.ops) - set(_OPS)
         if unknown:
             raise ValueError(

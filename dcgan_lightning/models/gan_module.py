@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,6 +11,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchmetrics import MeanMetric
 
 from dcgan_lightning.divergence import POLICIES, finite_loss
 from dcgan_lightning.models.diffaugment import DiffAugment
@@ -21,6 +22,7 @@ from dcgan_lightning.models.losses import LOSSES, discriminator_loss, generator_
 from dcgan_lightning.rng import rng_states, set_rng_states
 
 OptimizerFactory = Callable[..., Optimizer]
+TRAIN_LOGS = ("loss_d", "loss_g", "d_real", "d_fake")
 
 
 class GAN(LightningModule):
@@ -43,7 +45,7 @@ class GAN(LightningModule):
         loss: str = "bce",
         label_smoothing: float = 0.0,
         d_steps_per_g_step: int = 1,
-        diffaugment: str = "",
+        diffaugment: Sequence[str] = (),
         ema: dict[str, Any] | None = None,
         grad_clip_norm: float | None = None,
         on_nonfinite: str = "stop",
@@ -79,6 +81,9 @@ class GAN(LightningModule):
         self.register_buffer("fixed_noise", fixed)
         if channels_last:
             self.to(memory_format=torch.channels_last)
+        # Epoch means of the train logs, reduced over all ranks once per epoch (step values are
+        # this rank's: no collective per step). A skipped non-finite step is left out of the mean.
+        self.train_means = nn.ModuleDict({k: MeanMetric(nan_strategy="ignore") for k in TRAIN_LOGS})
         # The modules the training step calls: DDP wrappers under `GANDDPStrategy`, else themselves.
         self.train_nets: dict[str, nn.Module] = {"G": self.generator, "D": self.discriminator}
 
@@ -137,9 +142,9 @@ class GAN(LightningModule):
                 self.manual_backward(loss_d)
                 opt_d.step()
         logs = {
-            "train/loss_d": loss_d,
-            "train/d_real": torch.sigmoid(d_real.detach().float()).mean(),
-            "train/d_fake": torch.sigmoid(d_fake.detach().float()).mean(),
+            "loss_d": loss_d,
+            "d_real": torch.sigmoid(d_real.detach().float()).mean(),
+            "d_fake": torch.sigmoid(d_fake.detach().float()).mean(),
         }
 
         # (2) Update G: make D call the fakes real. The bare D (not its DDP wrapper) with frozen
@@ -152,9 +157,15 @@ class GAN(LightningModule):
                     self.manual_backward(loss_g)
                     opt_g.step()
             self._update_ema()
-            logs["train/loss_g"] = loss_g
+            logs["loss_g"] = loss_g
+        self._log_train(logs)
 
-        self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=True, batch_size=real.size(0))
+    def _log_train(self, logs: dict[str, torch.Tensor]) -> None:
+        """`train/<name>_step` (this rank) and `train/<name>_epoch` (mean over all ranks)."""
+        for name, value in logs.items():
+            mean = self.train_means[name]
+            mean(value.detach())
+            self.log(f"train/{name}", mean, prog_bar=True, on_step=True, on_epoch=True)
 
     def _update_ema(self) -> None:
         if self.ema_generator is None:
