@@ -30,6 +30,15 @@ def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     ]
 
 
+def config_file(output_dir: Path) -> Path:
+    """`config.yaml` for a new run; a resumed one keeps it and adds `config_resume_<n>.yaml`."""
+    path, n = output_dir / "config.yaml", 0
+    while path.exists():
+        n += 1
+        path = output_dir / f"config_resume_{n}.yaml"
+    return path
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit a GAN as `cfg` describes and return the final logged metrics."""
     output_dir = Path(cfg.paths.output_dir)
@@ -50,7 +59,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if rank_zero_only.rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+        OmegaConf.save(cfg, config_file(output_dir), resolve=True)
     loggers = start_loggers(instantiate_dict(cfg.get("logger")), resolved, str(output_dir))
     try:
         rerun_this_job_for_ddp_ranks()

@@ -16,7 +16,7 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import dcgan_lightning.models.gan_module as gan_module
 from dcgan_lightning.checkpoint_io import AtomicCheckpointIO, InsufficientDiskSpaceError
@@ -85,6 +85,8 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(
 ) -> None:
     run = copy_run(one_epoch_run, tmp_path)
     train(run_cfg(run, "ckpt_path=last", epochs=2))
+    assert (run / "config.yaml").read_bytes() == (one_epoch_run / "config.yaml").read_bytes()
+    assert OmegaConf.load(run / "config_resume_1.yaml").ckpt_path == "last"
 
     a = load(two_epoch_run / "checkpoints" / "last.ckpt")
     b = load(run / "checkpoints" / "last.ckpt")
