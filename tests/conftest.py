@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+
+from dcgan_lightning.compose import compose_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -21,14 +21,9 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose conf/train.yaml as the CLI would, with outputs under `output_dir`."""
-    GlobalHydra.instance().clear()
-    with initialize(version_base="1.3", config_path="../conf"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
+    """Compose conf/train.yaml as the CLI would, with outputs and data under `output_dir`."""
+    cfg = compose_train_config(overrides, output_dir)
     with open_dict(cfg):
-        del cfg["hydra"]  # as in a real run: `${hydra:...}` reads it from HydraConfig
-        cfg.paths.output_dir = str(output_dir)
         cfg.paths.data_dir = str(output_dir / "data")
     return cfg
 

@@ -29,7 +29,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
-from dcgan_lightning.bench import compose_train_config, row
+from dcgan_lightning.bench import row
+from dcgan_lightning.compose import compose_train_config
 from dcgan_lightning.data.shapes import ShapesDataModule
 from dcgan_lightning.models.discriminator import Discriminator
 from dcgan_lightning.models.generator import Generator
