@@ -3,9 +3,10 @@
     python -m dcgan_lightning.studies.small_data [--images 300] [--epochs 200] [--out DIR]
 
 Both arms train through the real CLI on the first `--images` shapes at 32 px with the same seed,
-batch and number of epochs (so the same number of steps), and log `val/swd` every
-`--eval-every` epochs on the same number of samples. The script prints a Markdown table of SWD at
-equal steps and writes `swd.png` (the curves) and `samples.png` (the last grids side by side).
+batch and number of epochs (so the same number of steps), and are evaluated every `--eval-every`
+epochs on as many samples as there are images. The script prints a Markdown table per metric at
+equal steps (`val/swd`; FID and KID too where Inception weights are available) and writes
+`curves.png` and `samples.png` (the last grids side by side).
 Pass more overrides after `--` (e.g. `-- data=image_folder data.root=PATH` for a real small set).
 """
 
@@ -22,18 +23,20 @@ import matplotlib.pyplot as plt
 from PIL import Image, ImageDraw
 
 ARMS = {"dcgan": ["model=dcgan"], "dcgan_plus": ["model=dcgan_plus"]}
+METRICS = ("val/swd", "val/fid", "val/kid")  # lower is better; the ones both arms logged are shown
 
 
-def train_arm(name: str, overrides: list[str], out: Path) -> dict[int, float]:
-    """Train one arm through the CLI; return {logged step (batches): val/swd}."""
+def train_arm(name: str, overrides: list[str], out: Path) -> dict[str, dict[int, float]]:
+    """Train one arm through the CLI; return {metric: {batches trained: value}}."""
     run_dir = out / name
     cmd = [sys.executable, "-m", "dcgan_lightning", *ARMS[name], *overrides]
     cmd += [f"hydra.run.dir={run_dir}", "logger=csv", "~callbacks.progress_bar"]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env={**os.environ, "WANDB_MODE": "disabled"})
     with open(run_dir / "csv" / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("val/swd")]
-    return {int(r["step"]): float(r["val/swd"]) for r in rows}
+        rows = list(csv.DictReader(f))
+    # The CSV's step is the index of the last batch trained (0-based).
+    return {m: {int(r["step"]) + 1: float(r[m]) for r in rows if r.get(m)} for m in METRICS}
 
 
 def side_by_side(out: Path, names: list[str]) -> Path:
@@ -66,29 +69,37 @@ def main() -> None:
         f"trainer.max_epochs={args.epochs}",
         f"metrics.eval_every_n_epochs={args.eval_every}",
         f"metrics.num_samples={args.images}",
-        "model.ema.start_step=500",
         "seed=0",
         *args.overrides,
     ]
-    curves = {}
-    for name in ARMS:
-        arm = [o for o in common if not (name == "dcgan" and o.startswith("model.ema"))]
-        curves[name] = train_arm(name, arm, args.out)
+    results = {name: train_arm(name, common, args.out) for name in ARMS}
+    shown = [m for m in METRICS if all(r[m] for r in results.values())]
+    for metric in shown:
+        print(table(metric, {name: r[metric] for name, r in results.items()}))
+    print(f"{plot_curves(args.out, shown, results)}\n{side_by_side(args.out, list(ARMS))}")
 
+
+def table(metric: str, curves: dict[str, dict[int, float]]) -> str:
+    """A Markdown table of `metric` at the batch counts every arm was evaluated at."""
     steps = sorted(set.intersection(*(set(c) for c in curves.values())))
-    print(f"\nval/swd (x1e3, lower is better), {args.images} images, same steps:\n")
-    print("| batches | " + " | ".join(curves) + " |")
-    print("|---|" + "---|" * len(curves))
+    lines = [f"\n{metric} (lower is better) at equal steps:\n", "| batches | " + " | ".join(curves)]
+    lines[-1] += " |"
+    lines.append("|---|" + "---|" * len(curves))
     for step in steps:
-        print(f"| {step} | " + " | ".join(f"{c[step]:.1f}" for c in curves.values()) + " |")
+        lines.append(f"| {step} | " + " | ".join(f"{c[step]:.4g}" for c in curves.values()) + " |")
+    return "\n".join(lines) + "\n"
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, curve in curves.items():
-        ax.plot(list(curve), list(curve.values()), marker="o", label=name)
-    ax.set(xlabel="batches", ylabel="val/swd (x1e3)", title=f"{args.images} images")
-    ax.legend()
-    fig.savefig(args.out / "swd.png", dpi=120, bbox_inches="tight")
-    print(f"\n{args.out / 'swd.png'}\n{side_by_side(args.out, list(curves))}")
+
+def plot_curves(out: Path, metrics: list[str], results: dict[str, dict]) -> Path:
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for name, result in results.items():
+            ax.plot(list(result[metric]), list(result[metric].values()), marker="o", label=name)
+        ax.set(xlabel="batches", ylabel=metric, title=f"{metric}, {out.name}")
+        ax.legend()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
 
 
 if __name__ == "__main__":
