@@ -56,7 +56,7 @@ PINNED = {
     "picasso_plus": {"model.generator.arch": "upsample", "model.z_dim": 128,
                      "model.discriminator.spectral_norm": True, "model.loss": "hinge",
                      "model.diffaugment": ["color", "translation", "cutout"],
-                     "model.ema.decay": 0.999,
+                     "model.ema.decay": 0.99,
                      "data.folder": "Pablo_Picasso", "seed": 0},
     "rembrandt": {"model.generator.arch": "upsample", "model.z_dim": 128, "data.batch_size": 64,
                   "trainer.max_epochs": 400, "data.folder": "Rembrandt", "seed": 0},
