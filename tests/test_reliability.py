@@ -241,6 +241,11 @@ def test_skip_mode_skips_nonfinite_updates_and_warns(
     assert all(torch.equal(before[n], after[n]) for n in before if n.startswith("discriminator."))
     assert not all(torch.equal(before[n], after[n]) for n in before if n.startswith("generator."))
     assert trainer.global_step == 2  # the two G steps; the D steps were skipped
+    logged = trainer.callback_metrics  # the skipped steps are left out of the epoch means
+    assert torch.isnan(logged["train/loss_d_step"]) and torch.isnan(logged["train/loss_d_epoch"])
+    assert torch.isfinite(logged["train/loss_g_epoch"]) and torch.isfinite(
+        logged["train/d_real_epoch"]
+    )
 
 
 # -- checkpoint writes ----------------------------------------------------------------------------
