@@ -16,14 +16,15 @@ log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float:
-    """Train; return the optimized metric for sweepers. In a multirun a failed job is logged and
-    scored +inf instead of stopping the sweep."""
+def main(cfg: DictConfig) -> float | None:
+    """Train. In a multirun, return the optimized metric for sweepers, and log a failed job and
+    score it +inf instead of stopping the sweep."""
+    if not in_multirun():
+        train(cfg)
+        return None
     try:
         metrics = train(cfg)
     except Exception as err:
-        if not in_multirun():
-            raise
         log.exception("Job failed; the sweep goes on")
         write_result(
             Path(cfg.paths.output_dir), {}, "failed", "".join(traceback.format_exception(err))
