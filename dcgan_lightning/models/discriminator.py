@@ -30,7 +30,9 @@ class Discriminator(nn.Module):
         widths = channel_schedule(image_size, features)[::-1]  # image_size/2 ... 4x4
 
         def conv(c_in: int, c_out: int, *args: int) -> nn.Module:
-            layer = nn.Conv2d(c_in, c_out, *args, bias=False)
+            # Biases only where no BatchNorm follows to cancel them: every conv under spectral
+            # norm; without it none, as in pytorch/examples.
+            layer = nn.Conv2d(c_in, c_out, *args, bias=spectral_norm)
             return _spectral_norm(layer) if spectral_norm else layer
 
         def act() -> list[nn.Module]:
