@@ -27,7 +27,6 @@ def discriminator_overfitting(
     model is untouched) but without dropout; the generated images come from the raw generator,
     the one D was trained against, as many as there are training images.
     """
-    torch.manual_seed(seed)  # DiffAugment's draws
     D = copy.deepcopy(model.discriminator).train()
     G = copy.deepcopy(model.generator).train()
     for module in D.modules():
@@ -40,7 +39,9 @@ def discriminator_overfitting(
 
     z = model.sample_noise(len(train), torch.Generator().manual_seed(seed))
     generated = torch.cat([G(batch) for batch in z.split(batch_size)])
-    d_train, d_heldout, d_generated = mean_logit(train), mean_logit(heldout), mean_logit(generated)
+    with torch.random.fork_rng(devices=[]):  # DiffAugment's draws, leaving the caller's RNG be
+        torch.manual_seed(seed)
+        d_train, d_heldout, d_generated = (mean_logit(x) for x in (train, heldout, generated))
     return {
         "r_v": (d_train - d_heldout) / (d_train - d_generated),
         "d_train": d_train,
