@@ -93,6 +93,8 @@ def test_digits_are_written_as_a_train_and_a_held_out_folder(tmp_path, monkeypat
     assert heldout == {"root": str(tmp_path / "heldout")}
     with pytest.raises(SystemExit, match="--images must be <= 6"):
         small_data.digits(tmp_path, 7)
+    small_data.digits(tmp_path, 3)  # a smaller rerun into the same folder trains on 3, not 5
+    assert len(list((tmp_path / "train").iterdir())) == 3
 
 
 def test_digits_without_scikit_learn_say_what_to_install(tmp_path, monkeypatch) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -64,7 +65,8 @@ def digits(out: Path, n: int) -> tuple[list[str], dict]:
     if 2 * n > len(images):
         sys.exit(f"--data digits has {len(images)} images: --images must be <= {len(images) // 2}")
     for split, chunk in (("train", images[:n]), ("heldout", images[n : 2 * n])):
-        (out / split).mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out / split, ignore_errors=True)  # no PNGs left from a larger --images
+        (out / split).mkdir(parents=True)
         for i, image in enumerate(chunk):
             pixels = np.round(image * 255 / 16).astype(np.uint8)
             Image.fromarray(pixels, "L").save(out / split / f"{i:04d}.png")
