@@ -7,6 +7,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,11 +65,28 @@ def wandb_records(run_file: Path) -> Iterator:
             yield record
 
 
+def finished_records(run_file: Path, timeout: float = 60.0) -> list:
+    """The records of an offline run file once W&B has written it whole (its `exit` record): the
+    writer process may still be flushing when `wandb.finish()` returns in this process."""
+    from google.protobuf.message import DecodeError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = list(wandb_records(run_file))
+            if any(r.WhichOneof("record_type") == "exit" for r in records):
+                return records
+        except DecodeError:  # a record half-written
+            pass
+        assert time.monotonic() < deadline, f"{run_file} got no exit record in {timeout} s"
+        time.sleep(0.2)
+
+
 def wandb_run(job_dir: Path) -> dict:
     """The run id, group, config keys and logged history keys of a job's offline W&B run."""
     (run_file,) = job_dir.glob("wandb/offline-run-*/run-*.wandb")
     run = {"history": set(), "config": set()}
-    for record in wandb_records(run_file):
+    for record in finished_records(run_file):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run |= {"id": record.run.run_id, "group": record.run.run_group}
