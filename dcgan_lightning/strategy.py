@@ -75,14 +75,15 @@ class GANDDPStrategy(DDPStrategy):
 
 def sync_buffers(module: nn.Module) -> None:
     """Give every rank rank 0's buffers of G, D and the EMA generator (BatchNorm statistics,
-    spectral-norm vectors): samples and metrics on every rank then come from the model rank 0
-    checkpoints. Collective under DDP (every rank calls it); a no-op in one process."""
+    spectral-norm vectors) and its fixed sample noise: samples and metrics on every rank then come
+    from the model rank 0 checkpoints. Collective under DDP (every rank calls it); a no-op in one
+    process."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
     if torch.distributed.get_world_size() == 1:
         return
     nets = [module.generator, module.discriminator, module.ema_generator]
-    buffers = [b for net in nets if net is not None for b in net.buffers()]
+    buffers = [module.fixed_noise, *(b for net in nets if net is not None for b in net.buffers())]
     if buffers:
         torch.distributed._broadcast_coalesced(
             torch.distributed.group.WORLD, buffers, 256 * 2**20, 0
