@@ -87,6 +87,12 @@ def test_p_stays_at_zero_below_the_target_and_comes_down() -> None:
         ada.adjust(batch_size=32)
         assert float(ada.p) == 0.0
     assert float(ada.r_t) == pytest.approx(6 / 32)
+    ada.observe(torch.full((32,), float("nan")))  # a non-finite step: left out of r_t
+    ada.observe(logits(32, 32))
+    for _ in range(4):
+        ada.adjust(batch_size=32)
+    assert float(ada.r_t) == 1.0 and float(ada.p) == pytest.approx(32 * 4 / 1000)
+    ada.p.zero_()
     x = torch.rand(4, 3, 8, 8)
     assert torch.equal(ada(x), x)  # p = 0: no augmentation at all
 

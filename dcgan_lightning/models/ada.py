@@ -45,8 +45,9 @@ class AdaptiveAugment(nn.Module):
         self.target, self.interval, self.kimg = target, interval, kimg
         self.register_buffer("p", torch.zeros(()))
         self.register_buffer("r_t", torch.zeros(()))  # at the last adjustment, for logging
-        self.register_buffer("sign_sum", torch.zeros(()))  # sum of sign(D(real)) since then
-        self.register_buffer("count", torch.zeros(()))  # logits summed into sign_sum
+        # Integers, so a cast of the module to half precision cannot round them.
+        self.register_buffer("sign_sum", torch.zeros((), dtype=torch.long))  # of sign(D(real))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))  # logits in sign_sum
         self.register_buffer("batches", torch.zeros((), dtype=torch.long))  # adjust() calls
         # The host's copy of `batches`, so that deciding when to adjust never reads the device.
         self._batches = 0
@@ -57,14 +58,19 @@ class AdaptiveAugment(nn.Module):
 
     @torch.no_grad()
     def observe(self, d_real_logits: torch.Tensor) -> None:
-        """Accumulate sign(D(real)) on the device: no host sync, no collective."""
-        self.sign_sum += d_real_logits.detach().float().sign().sum()
-        self.count += d_real_logits.numel()
+        """Accumulate sign(D(real)) on the device: no host sync, no collective.
+
+        NaN logits (a step about to be skipped as non-finite) are left out, not counted.
+        """
+        logits = d_real_logits.detach()
+        self.sign_sum += (logits > 0).sum() - (logits < 0).sum()
+        self.count += (~logits.isnan()).sum()
 
     @torch.no_grad()
     def adjust(self, batch_size: int, world_size: int = 1) -> None:
         """Call once per batch: every `interval`-th call pools the statistics over ranks (one
-        all-reduce) and moves p by sign(r_t - target) * (images since the last move) / kimg.
+        all-reduce) and moves p by sign(r_t - target) * batch_size * world_size * interval /
+        (kimg * 1000), the images all ranks saw since the last move over those for 0 -> 1.
         """
         self._batches += 1
         self.batches += 1
@@ -73,7 +79,7 @@ class AdaptiveAugment(nn.Module):
         stats = torch.stack([self.sign_sum, self.count])
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(stats)
-        self.r_t.copy_(stats[0] / stats[1].clamp(min=1))
+        self.r_t.copy_(stats[0] / stats[1].clamp(min=1))  # no logits yet: 0, p moves down
         step = batch_size * world_size * self.interval / (self.kimg * 1000)
         self.p.add_(torch.sign(self.r_t - self.target) * step).clamp_(0, 1)
         self.sign_sum.zero_()
