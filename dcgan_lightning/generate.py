@@ -39,9 +39,9 @@ from dcgan_lightning.generation.noise import check_truncation
 log = logging.getLogger(__name__)
 
 MODES = ("zip", "grid", "interpolate")
+RECORD = "generation.json"  # the settings that made the images in a folder
 # Files a previous run may have left in `out`: `overwrite=true` replaces exactly these.
-OUR_FILES = re.compile(r"^((\d{6,}|grid|linear|slerp)\.(png|jpg|gif)|generation\.json)$")
-RECORD = "generation.json"
+OUR_FILES = re.compile(rf"^((\d{{6,}}|grid|linear|slerp)\.(png|jpg|gif)|{re.escape(RECORD)})$")
 
 
 def output_mode(cfg: DictConfig) -> str:
