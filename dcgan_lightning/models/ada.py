@@ -41,7 +41,9 @@ class AdaptiveAugment(nn.Module):
             raise ValueError(f"ada kimg (thousands of images for p to go 0 -> 1) > 0, got {kimg}")
         self.augment = DiffAugment(policy)
         if not self.augment.ops:
-            raise ValueError("ADA adapts the DiffAugment ops: give it a policy, e.g. [color]")
+            raise ValueError(
+                "ADA adapts DiffAugment ops: set model.diffaugment, e.g. [color, translation]"
+            )
         self.target, self.interval, self.kimg = target, interval, kimg
         self.register_buffer("p", torch.zeros(()))
         self.register_buffer("r_t", torch.zeros(()))  # at the last adjustment, for logging
