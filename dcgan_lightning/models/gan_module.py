@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 
 from dcgan_lightning.divergence import NonFiniteGuard
 from dcgan_lightning.errors import UserError
+from dcgan_lightning.models.ada import AdaptiveAugment
 from dcgan_lightning.models.diffaugment import DiffAugment
 from dcgan_lightning.models.discriminator import Discriminator
 from dcgan_lightning.models.ema import EMA
@@ -47,6 +48,7 @@ class GAN(LightningModule):
         label_smoothing: float = 0.0,
         d_steps_per_g_step: int = 1,
         diffaugment: Sequence[str] = (),
+        ada: dict[str, Any] | None = None,
         ema: dict[str, Any] | None = None,
         grad_clip_norm: float | None = None,
         on_nonfinite: str = "stop",
@@ -74,7 +76,7 @@ class GAN(LightningModule):
         self.discriminator = Discriminator(image_size, channels, **discriminator)
         self.generator.apply(dcgan_init)
         self.discriminator.apply(dcgan_init)
-        self.augment = DiffAugment(diffaugment)
+        self.augment = AdaptiveAugment(diffaugment, **ada) if ada else DiffAugment(diffaugment)
         self.ema_generator = EMA(self.generator, ema["decay"], ema["start_step"]) if ema else None
         # Same on every rank and saved in checkpoints, so sample grids are comparable across epochs.
         fixed = self.sample_noise(num_fixed_samples, torch.Generator().manual_seed(0))
@@ -142,6 +144,10 @@ class GAN(LightningModule):
                 opt_d.step()
                 guard.stepped()
         logs = {"loss_d": loss_d, **d_outputs(hp.loss, d_real, d_fake)}
+        if hp.ada:  # r_t from D(augmented real); one all-reduce every `interval` batches
+            self.augment.observe(d_real)
+            self.augment.adjust(real.size(0), self.trainer.world_size)
+            logs |= {"ada_p": self.augment.p, "r_t": self.augment.r_t}
 
         # (2) Update G: make D call the fakes real. The bare D (not its DDP wrapper) with frozen
         # parameters: no D gradients are computed or all-reduced in this step.

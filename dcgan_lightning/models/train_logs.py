@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch import Trainer
 from torch import nn
 
-NAMES = ("loss_d", "loss_g", "d_real", "d_fake")
+NAMES = ("loss_d", "loss_g", "d_real", "d_fake", "ada_p", "r_t")  # the last two: with ADA
 
 
 class TrainLogs(nn.Module):
@@ -23,17 +23,16 @@ class TrainLogs(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("totals", torch.zeros(2, len(NAMES), dtype=torch.float64), False)
+        self.register_buffer("missing", torch.tensor(float("nan")), False)
+        self.logged = [False] * len(NAMES)  # host-side: which names this epoch logged at all
 
     def add(self, values: dict[str, torch.Tensor]) -> None:
         """Accumulate this step's values (any subset of `NAMES`)."""
-        index = [NAMES.index(n) for n in values]
-        stacked = torch.stack([v.detach().float() for v in values.values()]).double()
+        self.logged = [old or name in values for old, name in zip(self.logged, NAMES)]
+        missing = self.missing  # NaN: counts as not logged
+        stacked = torch.stack([values.get(n, missing).detach().float() for n in NAMES]).double()
         finite = torch.isfinite(stacked)
-        update = torch.stack([torch.where(finite, stacked, 0.0), finite.double()])
-        if len(index) == len(NAMES):
-            self.totals.add_(update)
-        else:
-            self.totals[:, index] += update
+        self.totals.add_(torch.stack([torch.where(finite, stacked, 0.0), finite.double()]))
 
     @staticmethod
     def logging_now(trainer: Trainer) -> bool:
@@ -46,4 +45,5 @@ class TrainLogs(nn.Module):
         totals = trainer.strategy.reduce(self.totals.clone(), reduce_op="sum")
         self.totals.zero_()
         means = totals[0] / totals[1]  # 0/0 = NaN: nothing finite was logged
-        return {name: means[i].float() for i, name in enumerate(NAMES)}
+        counted, self.logged = self.logged, [False] * len(NAMES)
+        return {name: means[i].float() for i, name in enumerate(NAMES) if counted[i]}
