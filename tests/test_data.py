@@ -17,10 +17,12 @@ import torch
 from PIL import Image
 
 from dcgan_lightning.data import cache, decode, download
+from dcgan_lightning.data.base import ImageDataModule
 from dcgan_lightning.data.celeba import CelebADataModule
 from dcgan_lightning.data.download import MissingDataError
 from dcgan_lightning.data.fashion_mnist import FashionMNISTDataModule
 from dcgan_lightning.data.image_folder import ImageFolderDataModule
+from dcgan_lightning.errors import UserError
 
 RNG = np.random.default_rng(0)
 
@@ -418,3 +420,59 @@ def test_unwritable_cache_dir_trains_uncached(tmp_path: Path, caplog) -> None:
         assert len(dm.load_images()) == 2
     assert any("Cannot write the image cache" in r.getMessage() for r in caplog.records)
     assert list(tmp_path.glob("**/.tmp-*")) == []
+
+
+# -- too little data per rank ------------------------------------------------------------------
+class TensorImages(ImageDataModule):
+    """A datamodule over a given tensor: the base class's checks without any files."""
+
+    def __init__(self, images: torch.Tensor, **kwargs) -> None:
+        super().__init__(image_size=images.shape[-1], channels=images.shape[1], **kwargs)
+        self.given = images
+
+    @property
+    def fingerprint(self) -> str:
+        return f"tensor-{len(self.given)}"
+
+    def load_images(self) -> torch.Tensor:
+        return self.given
+
+
+def with_trainer(dm: ImageDataModule, world_size: int) -> ImageDataModule:
+    """`dm` attached to a stand-in trainer of `world_size` ranks (all the checks read)."""
+    dm.trainer = types.SimpleNamespace(
+        world_size=world_size,
+        distributed_sampler_kwargs={"num_replicas": world_size, "rank": 0},
+        training=True,
+    )
+    return dm
+
+
+def test_too_few_images_per_rank_is_a_user_error_before_training() -> None:
+    images = torch.zeros(439, 3, 32, 32, dtype=torch.uint8)
+    dm = with_trainer(TensorImages(images, batch_size=64), world_size=8)
+    with pytest.raises(UserError) as error:
+        dm.setup("fit")
+    message = str(error.value)
+    assert "439 images" in message and "8 ranks" in message and "55 per rank" in message
+    assert "data.batch_size=64" in message and "data.batch_size<=55" in message
+    assert "at most 6 devices" in message  # ceil(439 / 6) = 74 >= 64, ceil(439 / 7) = 63 < 64
+    single = with_trainer(TensorImages(images, batch_size=64), world_size=1)
+    single.setup("fit")
+    assert len(single.train_dataloader()) == 439 // 64
+    six = with_trainer(TensorImages(images, batch_size=64), world_size=6)
+    six.setup("fit")  # 74 per rank: one batch each
+
+
+def test_fewer_images_than_batch_size_is_a_user_error() -> None:
+    dm = TensorImages(torch.zeros(43, 3, 32, 32, dtype=torch.uint8), batch_size=128)
+    with pytest.raises(UserError, match=r"43 images, fewer than data.batch_size=128: set data.batch_size<=43"):
+        dm.setup("fit")
+
+
+def test_fewer_validation_images_than_ranks_is_a_user_error() -> None:
+    dm = with_trainer(TensorImages(torch.zeros(64, 3, 32, 32, dtype=torch.uint8), batch_size=8), 8)
+    dm.setup("fit")
+    dm.num_val_images = 8  # one per rank: fine
+    with pytest.raises(UserError, match=r"4 validation images across 8 ranks.*metrics.num_samp"):
+        dm.num_val_images = 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -11,6 +12,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from dcgan_lightning.errors import UserError
 from dcgan_lightning.models.generator import channel_schedule
 
 
@@ -33,6 +35,30 @@ class UInt8Images(Dataset):
 def stack_batch(batch: torch.Tensor) -> torch.Tensor:
     """collate_fn for `UInt8Images`: its `__getitems__` already returns the stacked batch."""
     return batch
+
+
+def check_images_per_rank(num_images: int, world_size: int, batch_size: int) -> None:
+    """Raise a `UserError` unless every rank trains at least one full batch.
+
+    Lightning's DistributedSampler pads the set to give each rank ceil(N / world_size) images and
+    the loader drops the last partial batch: with fewer than `batch_size` per rank an epoch is
+    0 batches, which Lightning only logs before reporting the run complete.
+    """
+    per_rank = math.ceil(num_images / world_size)
+    if per_rank >= batch_size:
+        return
+    if world_size == 1:
+        raise UserError(
+            f"{num_images} images, fewer than data.batch_size={batch_size}: "
+            f"set data.batch_size<={num_images}"
+        )
+    fits = [w for w in range(world_size - 1, 0, -1) if math.ceil(num_images / w) >= batch_size]
+    fewer = f"train on at most {fits[0]} devices" if fits else "train on one device"
+    raise UserError(
+        f"{num_images} images on {world_size} ranks (world size {world_size}) is {per_rank} per "
+        f"rank, fewer than data.batch_size={batch_size}: no rank would train a single batch. "
+        f"Set data.batch_size<={per_rank}, or {fewer}"
+    )
 
 
 class ImageDataModule(LightningDataModule, ABC):
@@ -77,18 +103,33 @@ class ImageDataModule(LightningDataModule, ABC):
             if images.dtype != torch.uint8 or tuple(images.shape[1:]) != expected:
                 got = f"{images.dtype} {tuple(images.shape)}"
                 raise RuntimeError(f"{type(self).__name__} gave {got}, expected uint8 {expected}")
-            if len(images) < self.batch_size:
-                raise ValueError(
-                    f"{type(self).__name__} has {len(images)} images, fewer than batch_size="
-                    f"{self.batch_size}: lower data.batch_size"
-                )
+            check_images_per_rank(len(images), self.world_size, self.batch_size)
             self.images = images
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.images, shuffle=True, drop_last=True)
 
-    # Real images `val_dataloader` yields: set by the quality-metrics callback (0: no validation).
-    num_val_images: int = 0
+    @property
+    def world_size(self) -> int:
+        """The number of ranks the images are split across (1 before a trainer is attached)."""
+        return getattr(self.trainer, "world_size", 1) if self.trainer is not None else 1
+
+    _num_val_images: int = 0
+
+    @property
+    def num_val_images(self) -> int:
+        """Real images `val_dataloader` yields: set by the quality-metrics callback (0: none)."""
+        return self._num_val_images
+
+    @num_val_images.setter
+    def num_val_images(self, n: int) -> None:
+        world = self.world_size
+        if 0 < n < world:  # UnrepeatedDistributedSampler would leave some ranks with none
+            raise UserError(
+                f"{n} validation images across {world} ranks: some ranks would get none. Set "
+                f"metrics.num_samples>={world} (the dataset permitting), or use fewer devices"
+            )
+        self._num_val_images = n
 
     def val_dataloader(self) -> DataLoader | list:
         """A fixed random subset of `num_val_images` training images, each seen by one rank only.
