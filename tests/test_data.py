@@ -466,7 +466,8 @@ def test_too_few_images_per_rank_is_a_user_error_before_training() -> None:
 
 def test_fewer_images_than_batch_size_is_a_user_error() -> None:
     dm = TensorImages(torch.zeros(43, 3, 32, 32, dtype=torch.uint8), batch_size=128)
-    with pytest.raises(UserError, match=r"43 images, fewer than data.batch_size=128: set data.batch_size<=43"):
+    expected = r"43 images, fewer than data.batch_size=128: set data.batch_size<=43"
+    with pytest.raises(UserError, match=expected):
         dm.setup("fit")
 
 
