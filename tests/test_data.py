@@ -517,6 +517,7 @@ def with_trainer(dm: ImageDataModule, world_size: int) -> ImageDataModule:
         world_size=world_size,
         distributed_sampler_kwargs={"num_replicas": world_size, "rank": 0},
         training=True,
+        strategy=types.SimpleNamespace(root_device=torch.device("cpu")),
     )
     return dm
 

@@ -12,6 +12,12 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from dcgan_lightning.data.device_batches import (
+    ON_DEVICE_CHOICES,
+    DeviceBatches,
+    holds_on_device,
+    training_sampler,
+)
 from dcgan_lightning.errors import UserError
 from dcgan_lightning.models.generator import channel_schedule
 
@@ -66,7 +72,9 @@ class ImageDataModule(LightningDataModule, ABC):
 
     Decoding and resizing happen once; the loader only indexes the tensor. Conversion to [-1, 1]
     and random horizontal flips run on the batch after it reaches the device, so uint8 (a quarter of
-    the bytes of float32) is what crosses to the GPU.
+    the bytes of float32) is what crosses to the GPU. With `on_device` (`auto`: when the set fits
+    `device_memory_fraction` of an accelerator's memory) the set crosses once, and training
+    batches are indexed on the device (`device_batches`).
     """
 
     def __init__(
@@ -76,6 +84,8 @@ class ImageDataModule(LightningDataModule, ABC):
         batch_size: int = 64,
         num_workers: int = 0,
         flip: bool = False,
+        on_device: bool | str = "auto",
+        device_memory_fraction: float = 0.25,
     ) -> None:
         super().__init__()
         channel_schedule(image_size, 1)  # validates image_size before any data is touched
@@ -83,6 +93,14 @@ class ImageDataModule(LightningDataModule, ABC):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if on_device not in ON_DEVICE_CHOICES:
+            raise ValueError(f"on_device must be auto, true or false, got {on_device!r}")
+        if not 0 < device_memory_fraction <= 1:
+            raise ValueError(
+                f"device_memory_fraction must be in (0, 1], got {device_memory_fraction}"
+            )
+        self.on_device, self.device_memory_fraction = on_device, device_memory_fraction
+        self.device_images: torch.Tensor | None = None  # the set on the device, once moved
         self.image_size, self.channels = image_size, channels
         self.batch_size, self.num_workers, self.flip = batch_size, num_workers, flip
         self.images: torch.Tensor | None = None
@@ -106,8 +124,19 @@ class ImageDataModule(LightningDataModule, ABC):
             check_images_per_rank(len(images), self.world_size, self.batch_size)
             self.images = images
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.images, shuffle=True, drop_last=True)
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
+        """Batches indexed on the device when the set is held there, else the pinned loader."""
+        trainer = self.trainer
+        shuffle = not getattr(trainer, "overfit_batches", 0)  # as Lightning does for loaders
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        if self.device_images is None or self.device_images.device != device:
+            nbytes = self.images.nbytes
+            if not holds_on_device(self.on_device, device, nbytes, self.device_memory_fraction):
+                return self._loader(self.images, shuffle=shuffle, drop_last=True)
+            self.device_images = self.images.to(device)
+        kwargs = getattr(trainer, "distributed_sampler_kwargs", None)
+        sampler = training_sampler(len(self.images), shuffle, kwargs)
+        return DeviceBatches(self.device_images, sampler, self.batch_size, drop_last=True)
 
     @property
     def world_size(self) -> int:
