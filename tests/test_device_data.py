@@ -181,3 +181,28 @@ def test_auto_holds_a_small_set_on_the_gpu() -> None:
     loader = dm.train_dataloader()
     assert isinstance(loader, DeviceBatches) and dm.device_images.is_cuda
     assert all(batch.is_cuda for batch in loader)
+
+
+@pytest.mark.slow
+def test_ddp_training_from_the_device_set_equals_the_loaders(tmp_path) -> None:
+    """Two gloo ranks through `train(cfg)`: the same losses whichever path serves the batches."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from dcgan_lightning.train import train
+    from tests.conftest import compose_config, tiny
+
+    metrics = []
+    for on_device in ("true", "false"):
+        overrides = [
+            "trainer=ddp_sim",
+            "logger=csv",
+            "metrics=none",
+            "data=shapes",
+            "data.flip=true",
+        ]
+        cfg = tiny(
+            compose_config([*overrides, f"data.on_device={on_device}"], tmp_path / on_device)
+        )
+        metrics.append({k: float(v) for k, v in train(cfg).items()})
+        GlobalHydra.instance().clear()
+    assert metrics[0] == metrics[1] and "train/loss_d_step" in metrics[0]
