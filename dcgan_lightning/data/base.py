@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -21,24 +22,35 @@ from dcgan_lightning.data.device_batches import (
 from dcgan_lightning.errors import UserError
 from dcgan_lightning.models.generator import channel_schedule
 
+log = logging.getLogger(__name__)
+
+
+Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # images, or (images, labels)
+
 
 class UInt8Images(Dataset):
-    """Images (N, C, H, W) uint8, indexed a whole batch at a time (no per-item collation)."""
+    """Images (N, C, H, W) uint8, indexed a whole batch at a time (no per-item collation); with
+    `labels` (N,) int64, each batch is `(images, labels)`."""
 
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        self.images, self.labels = images, labels
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.images[index]
+    def __getitem__(self, index: int) -> Batch:
+        return self._pick(index)
 
-    def __getitems__(self, indices: Sequence[int]) -> torch.Tensor:
-        return self.images[torch.as_tensor(indices)]
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        return self._pick(torch.as_tensor(indices))
+
+    def _pick(self, index: int | torch.Tensor) -> Batch:
+        if self.labels is None:
+            return self.images[index]
+        return self.images[index], self.labels[index]
 
 
-def stack_batch(batch: torch.Tensor) -> torch.Tensor:
+def stack_batch(batch: Batch) -> Batch:
     """collate_fn for `UInt8Images`: its `__getitems__` already returns the stacked batch."""
     return batch
 
@@ -86,6 +98,7 @@ class ImageDataModule(LightningDataModule, ABC):
         flip: bool = False,
         on_device: bool | str = "auto",
         device_memory_fraction: float = 0.25,
+        labels: bool = False,
     ) -> None:
         super().__init__()
         channel_schedule(image_size, 1)  # validates image_size before any data is touched
@@ -104,6 +117,36 @@ class ImageDataModule(LightningDataModule, ABC):
         self.image_size, self.channels = image_size, channels
         self.batch_size, self.num_workers, self.flip = batch_size, num_workers, flip
         self.images: torch.Tensor | None = None
+        # With `labels`: each image's class index (int64, N) and the classes' names.
+        self.with_labels = labels
+        self._class_names: list[str] | None = None
+        self.labels: torch.Tensor | None = None
+        self.device_labels: torch.Tensor | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes' names, index order, known before any image is read; [] without labels."""
+        if self.with_labels and self._class_names is None:
+            self._class_names = self.list_classes()
+        return self._class_names or []
+
+    @property
+    def num_classes(self) -> int:
+        """0 without labels: what `train.train` hands the model, as it does image size."""
+        return len(self.class_names)
+
+    def list_classes(self) -> list[str]:
+        """Subclasses with labels name their classes here (cheap: no image is decoded)."""
+        raise UserError(f"data.labels=true: {type(self).__name__} has no labels")
+
+    def load_labels(self) -> torch.Tensor:
+        """The class index of each image `load_images` returned, int64 (N,)."""
+        raise UserError(f"data.labels=true: {type(self).__name__} has no labels")
+
+    @property
+    def class_counts(self) -> list[int]:
+        """Training images per class (after `setup`)."""
+        return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 
     @abstractmethod
     def load_images(self) -> torch.Tensor:
@@ -123,6 +166,23 @@ class ImageDataModule(LightningDataModule, ABC):
                 raise RuntimeError(f"{type(self).__name__} gave {got}, expected uint8 {expected}")
             check_images_per_rank(len(images), self.world_size, self.batch_size)
             self.images = images
+            if self.with_labels:
+                self.labels = self._checked_labels(self.load_labels(), len(images))
+
+    def _checked_labels(self, labels: torch.Tensor, n: int) -> torch.Tensor:
+        """`labels` as int64, checked against the images and classes; logs the class counts."""
+        names = self.class_names
+        in_range = n == 0 or (int(labels.min()) >= 0 and int(labels.max()) < len(names))
+        if labels.shape != (n,) or not in_range:
+            raise RuntimeError(
+                f"{type(self).__name__} gave labels {tuple(labels.shape)} for {n} images and "
+                f"{len(names)} classes"
+            )
+        labels = labels.to(torch.int64)
+        counts = torch.bincount(labels, minlength=len(names)).tolist()
+        log.info("%d classes: %s", len(names),
+                 ", ".join(f"{name} ({count})" for name, count in zip(names, counts)))  # fmt: skip
+        return labels
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         """Batches indexed on the device when the set is held there, else the pinned loader."""
@@ -134,9 +194,12 @@ class ImageDataModule(LightningDataModule, ABC):
             if not holds_on_device(self.on_device, device, nbytes, self.device_memory_fraction):
                 return self._loader(self.images, shuffle=shuffle, drop_last=True)
             self.device_images = self.images.to(device)
+            self.device_labels = self.labels.to(device) if self.labels is not None else None
         kwargs = getattr(trainer, "distributed_sampler_kwargs", None)
         sampler = training_sampler(len(self.images), shuffle, kwargs)
-        return DeviceBatches(self.device_images, sampler, self.batch_size, drop_last=True)
+        return DeviceBatches(
+            self.device_images, sampler, self.batch_size, drop_last=True, labels=self.device_labels
+        )
 
     @property
     def world_size(self) -> int:
@@ -169,7 +232,9 @@ class ImageDataModule(LightningDataModule, ABC):
         if not self.num_val_images:
             return []
         order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(0))
-        dataset = UInt8Images(self.images[order[: self.num_val_images]])
+        subset = order[: self.num_val_images]
+        labels = self.labels[subset] if self.labels is not None else None
+        dataset = UInt8Images(self.images[subset], labels)
         sampler = None
         if self.trainer is not None and self.trainer.world_size > 1:
             kwargs = self.trainer.distributed_sampler_kwargs
@@ -179,7 +244,7 @@ class ImageDataModule(LightningDataModule, ABC):
     def _loader(self, images: torch.Tensor, shuffle: bool, drop_last: bool) -> DataLoader:
         workers = self.num_workers
         return DataLoader(
-            UInt8Images(images),
+            UInt8Images(images, self.labels),
             batch_size=self.batch_size,
             shuffle=shuffle,
             drop_last=drop_last,
@@ -189,7 +254,14 @@ class ImageDataModule(LightningDataModule, ABC):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> Any:
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Any:
+        """uint8 images to [-1, 1] (and flipped); labels, when the batch has them, pass as they
+        are."""
+        if isinstance(batch, (tuple, list)):
+            return self._images_on_device(batch[0]), batch[1]
+        return self._images_on_device(batch)
+
+    def _images_on_device(self, batch: torch.Tensor) -> torch.Tensor:
         images = batch.float().div_(127.5).sub_(1.0)
         if self.flip and self.trainer is not None and self.trainer.training:
             flip = torch.rand(images.size(0), device=images.device) < 0.5

@@ -28,10 +28,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DecodedImages:
-    """Decoded images (N, C, H, W) uint8, and the unreadable files (relative to the folder)."""
+    """Decoded images (N, C, H, W) uint8, the unreadable files (relative to the folder), and,
+    when asked for (the transform, so the key, then names the classes), each image's class."""
 
     images: torch.Tensor
     skipped: list[str]
+    labels: torch.Tensor | None = None
 
 
 MEMORY_ENTRIES = 2
@@ -73,7 +75,7 @@ class CacheKey:
 
 def _read(path: Path) -> DecodedImages:
     stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return DecodedImages(stored["images"], list(stored["skipped"]))
+    return DecodedImages(stored["images"], list(stored["skipped"]), stored.get("labels"))
 
 
 def load(key: CacheKey, cache_dir: Path | None) -> DecodedImages | None:
@@ -106,7 +108,10 @@ def store(key: CacheKey, entry: DecodedImages, cache_dir: Path | None) -> Decode
         cache_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".pt")
         with os.fdopen(fd, "wb") as f:
-            torch.save({"images": entry.images, "skipped": entry.skipped}, f)
+            stored = {"images": entry.images, "skipped": entry.skipped}
+            if entry.labels is not None:
+                stored["labels"] = entry.labels
+            torch.save(stored, f)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a shared data dir serves every user
         os.replace(tmp, cache_dir / key.filename)
     except (OSError, RuntimeError) as error:  # read-only data dir, full disk: train, uncached

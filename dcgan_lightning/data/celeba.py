@@ -11,12 +11,31 @@ from dcgan_lightning.data.download import (
     kagglehub_ready,
 )
 from dcgan_lightning.data.image_folder import ImageFolderDataModule
+from dcgan_lightning.errors import UserError
 
 log = logging.getLogger(__name__)
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}
 ALIGNED = "img_align_celeba"
 PARTITION_FILES = ("list_eval_partition.txt", "list_eval_partition.csv")  # torchvision, Kaggle
+ATTRIBUTE_FILES = ("list_attr_celeba.txt", "list_attr_celeba.csv")
+
+
+def read_attribute(path: Path, attribute: str) -> dict[str, bool]:
+    """File name -> whether it has `attribute`, from torchvision's txt (a count line, the names,
+    then `name +-1 ...`) or Kaggle's CSV (`image_id,<names>`, then `name,+-1,...`)."""
+    lines = path.read_text().splitlines()
+    header = 1 if lines and lines[0].strip().isdigit() else 0
+    names = [n for n in lines[header].replace(",", " ").split() if n != "image_id"]
+    if attribute not in names:
+        raise UserError(f"data.attribute={attribute!r} is not in {path}; there are: {names}")
+    column = 1 + names.index(attribute)
+    found = {}
+    for line in lines[header + 1 :]:
+        fields = line.replace(",", " ").split()
+        if len(fields) == len(names) + 1:
+            found[fields[0]] = fields[column] == "1"
+    return found
 
 
 def read_partition(path: Path) -> dict[str, int]:
@@ -37,16 +56,40 @@ class CelebADataModule(ImageFolderDataModule):
     as in the DCGAN papers' set-up) is cropped before resizing; a plain folder of faces (e.g.
     CelebA-HQ's 256x256) takes its own centre square whatever `crop` says. Google Drive
     (torchvision's source) often refuses downloads (daily quota), so Kaggle is tried first when
-    kagglehub is set up.
+    kagglehub is set up. With `labels=True`, `attribute` (a column of `list_attr_celeba.txt` or
+    `.csv`, e.g. Smiling) makes two classes: `not_<attribute>` (0) and `<attribute>` (1).
     """
 
     what = "CelebA"
 
-    def __init__(self, root: str | Path, split: str = "train", crop: int | None = 178, **kwargs):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        crop: int | None = 178,
+        attribute: str | None = None,
+        **kwargs,
+    ):
         if split not in (*SPLITS, "all"):
             raise ValueError(f"split must be one of {[*SPLITS, 'all']}, got {split!r}")
         super().__init__(root=root, crop=crop, **kwargs)
-        self.split = split
+        if self.with_labels and not attribute:
+            raise UserError("CelebA with data.labels=true: set data.attribute (e.g. Smiling)")
+        self.split, self.attribute = split, attribute
+
+    def list_classes(self) -> list[str]:
+        return [f"not_{self.attribute}", self.attribute]
+
+    def label_files(self, image_dir: Path, files: list[Path]) -> tuple[list[Path], list[int]]:
+        """The files listed in the attribute file, labelled 1 where they have the attribute."""
+        found = [self.root / name for name in ATTRIBUTE_FILES if (self.root / name).is_file()]
+        if not found:
+            raise MissingDataError(f"{self.what} attributes", self.root, self.how_to_get())
+        has = read_attribute(found[0], self.attribute)
+        listed = [f for f in files if f.name in has]
+        if len(listed) < len(files):
+            log.warning("%d images not in %s: left out", len(files) - len(listed), found[0])
+        return listed, [int(has[f.name]) for f in listed]
 
     def how_to_get(self) -> str:
         handle = str(self.kaggle["handle"]) if self.kaggle else "jessicali9530/celeba-dataset"

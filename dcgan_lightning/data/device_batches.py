@@ -24,26 +24,36 @@ ON_DEVICE_CHOICES = ("auto", True, False)
 
 class DeviceBatches:
     """An iterable of uint8 batches indexed from `images` (already on the device) in `sampler`'s
-    order. `sampler` is public because Lightning calls its `set_epoch` each epoch."""
+    order; `(images, labels)` pairs with `labels` (int64, on the device too). `sampler` is public
+    because Lightning calls its `set_epoch` each epoch."""
 
     def __init__(
-        self, images: torch.Tensor, sampler: Sampler[int], batch_size: int, drop_last: bool
+        self,
+        images: torch.Tensor,
+        sampler: Sampler[int],
+        batch_size: int,
+        drop_last: bool,
+        labels: torch.Tensor | None = None,
     ) -> None:
-        self.images, self.sampler = images, sampler
+        self.images, self.sampler, self.labels = images, sampler, labels
         self.batch_size, self.drop_last = batch_size, drop_last
 
     def __len__(self) -> int:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         # A DataLoader's iterator draws its workers' base seed from the global generator before
         # its sampler draws a seed: draw it too, so both paths leave the same random state for
         # flips, dropout and the next epoch's order.
         torch.empty((), dtype=torch.int64).random_()
         order = torch.tensor(list(self.sampler), dtype=torch.long).to(self.images.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            yield self.images.index_select(0, order[start : start + self.batch_size])
+            index = order[start : start + self.batch_size]
+            if self.labels is None:
+                yield self.images.index_select(0, index)
+            else:
+                yield self.images.index_select(0, index), self.labels.index_select(0, index)
 
 
 def training_sampler(

@@ -16,14 +16,32 @@ from dcgan_lightning.data.download import MissingDataError
 log = logging.getLogger(__name__)
 
 IMAGE_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+LABEL_FILES = {"train": "train-labels-idx1-ubyte", "test": "t10k-labels-idx1-ubyte"}
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")  # fmt: skip
 MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com"
 RESIZE_CHUNK = 4096  # images resized at a time: bounds the float32 working memory
 
 
+def _read(path: Path) -> bytes:
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        return f.read()
+
+
+def read_idx_labels(path: Path) -> np.ndarray:
+    """A uint8 IDX1 label file (gzipped or not) as (N,)."""
+    data = _read(path)
+    if len(data) < 8 or data[:4] != b"\x00\x00\x08\x01":
+        raise ValueError(f"{path} is not an IDX file of uint8 labels (bad header)")
+    n = int.from_bytes(data[4:8], "big")
+    if len(data) != 8 + n:
+        raise ValueError(f"{path}: {len(data) - 8} labels, expected {n}")
+    return np.frombuffer(data, np.uint8, offset=8)
+
+
 def read_idx_images(path: Path) -> np.ndarray:
     """A uint8 IDX file (gzipped or not) as (N, H, W)."""
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-        data = f.read()
+    data = _read(path)
     if len(data) < 16 or data[:3] != b"\x00\x00\x08" or data[3] != 3:
         raise ValueError(f"{path} is not an IDX file of uint8 images (bad header)")
     n, h, w = (int.from_bytes(data[i : i + 4], "big") for i in (4, 8, 12))
@@ -45,7 +63,8 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class FashionMNISTDataModule(ImageDataModule):
-    """The `split` images (train 60,000, test 10,000, or all), 1 channel (or repeated to 3).
+    """The `split` images (train 60,000, test 10,000, or all), 1 channel (or repeated to 3);
+    with `labels=True` also their classes, from the matching `*-labels-idx1-ubyte` files.
 
     Files are looked for where torchvision puts them (`root/FashionMNIST/raw/`), then in
     `root/FashionMNIST/` and `root/`, uncompressed or `.gz`. `prepare_data` downloads them with
@@ -69,8 +88,15 @@ class FashionMNISTDataModule(ImageDataModule):
     def _splits(self) -> list[str]:
         return list(IMAGE_FILES) if self.split == "all" else [self.split]
 
-    def _find(self, split: str) -> Path | None:
-        name = IMAGE_FILES[split]
+    def list_classes(self) -> list[str]:
+        return list(CLASSES)
+
+    def _needed(self) -> list[str]:
+        """The file names this split (and labels setting) reads."""
+        files = [IMAGE_FILES[s] for s in self._splits()]
+        return files + ([LABEL_FILES[s] for s in self._splits()] if self.with_labels else [])
+
+    def _find(self, name: str) -> Path | None:
         for folder in (self.root / "FashionMNIST" / "raw", self.root / "FashionMNIST", self.root):
             for candidate in (folder / name, folder / f"{name}.gz"):
                 if candidate.is_file():
@@ -79,7 +105,7 @@ class FashionMNISTDataModule(ImageDataModule):
 
     def how_to_get(self) -> str:
         raw = self.root / "FashionMNIST" / "raw"
-        files = " ".join(f"{IMAGE_FILES[s]}.gz" for s in self._splits())
+        files = " ".join(f"{name}.gz" for name in self._needed())
         return (
             f"  - automatically: rerun with data.download=true (torchvision downloads it)\n"
             f'  - or: python -c "from torchvision.datasets import FashionMNIST; '
@@ -89,7 +115,7 @@ class FashionMNISTDataModule(ImageDataModule):
         )
 
     def prepare_data(self) -> None:
-        if not self.download or all(self._find(s) for s in self._splits()):
+        if not self.download or all(self._find(name) for name in self._needed()):
             return
         from torchvision.datasets import FashionMNIST
 
@@ -102,17 +128,24 @@ class FashionMNISTDataModule(ImageDataModule):
                 f"torchvision's download failed ({error}).\n{self.how_to_get()}",
             ) from error
 
+    def _path(self, name: str, what: str) -> Path:
+        path = self._find(name)
+        if path is None:
+            raise MissingDataError(
+                f"{self.what} {what} ({name}[.gz])",
+                self.root / "FashionMNIST" / "raw",
+                self.how_to_get(),
+            )
+        return path
+
+    def load_labels(self) -> torch.Tensor:
+        paths = [self._path(LABEL_FILES[s], f"{s} labels") for s in self._splits()]
+        arrays = [read_idx_labels(path) for path in paths]
+        return torch.from_numpy(np.concatenate(arrays).astype(np.int64))
+
     def load_images(self) -> torch.Tensor:
-        arrays = []
-        for split in self._splits():
-            path = self._find(split)
-            if path is None:
-                raise MissingDataError(
-                    f"{self.what} {split} images ({IMAGE_FILES[split]}[.gz])",
-                    self.root / "FashionMNIST" / "raw",
-                    self.how_to_get(),
-                )
-            arrays.append(read_idx_images(path))
+        paths = [self._path(IMAGE_FILES[s], f"{s} images") for s in self._splits()]
+        arrays = [read_idx_images(path) for path in paths]
         images = torch.from_numpy(np.concatenate(arrays)).unsqueeze(1)
         images = resize(images, self.image_size)
         return images.expand(-1, self.channels, -1, -1).contiguous()
