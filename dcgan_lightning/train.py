@@ -48,10 +48,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
-    # The datamodule fixes image size and channels; the model is built to match.
+    # The datamodule fixes image size, channels and classes; the model is built to match.
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     model: pl.LightningModule = instantiate(
-        cfg.model, image_size=datamodule.image_size, channels=datamodule.channels
+        cfg.model,
+        image_size=datamodule.image_size,
+        channels=datamodule.channels,
+        num_classes=datamodule.num_classes,
     )
     if ckpt_path is not None:
         check_compatible(ckpt_path, model)  # before the run directory is written to

@@ -24,19 +24,20 @@ def log_image(trainer: pl.Trainer, key: str, path: Path) -> None:
 
 
 class SampleGrid(Callback):
-    """Draws G(fixed_noise) every epoch into `dirpath/epoch_XXXX.png`; `progress.gif` at the end."""
+    """Draws G(fixed_noise) (a conditional model: a row per class) every epoch into `dirpath/epoch_XXXX.png`; `progress.gif` at the end."""
 
     def __init__(self, dirpath: str, nrow: int = 8, gif_frame_ms: int = 200) -> None:
         self.dirpath = Path(dirpath)
         self.nrow, self.gif_frame_ms = nrow, gif_frame_ms
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        images = pl_module.generate(pl_module.fixed_noise)  # every rank: no collective skipped
+        images, nrow = pl_module.fixed_samples()  # every rank: no collective skipped
         if not trainer.is_global_zero:
             return
         self.dirpath.mkdir(parents=True, exist_ok=True)
         path = self.dirpath / f"epoch_{trainer.current_epoch:04d}.png"
-        save_image(make_grid(images, nrow=self.nrow, normalize=True, value_range=(-1, 1)), path)
+        grid = make_grid(images, nrow=nrow or self.nrow, normalize=True, value_range=(-1, 1))
+        save_image(grid, path)
         log_image(trainer, "samples", path)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from dcgan_lightning.models.discriminator import Discriminator
@@ -18,12 +19,12 @@ from dcgan_lightning.models.generator import Generator
 CONDITIONINGS = ("cbn", "concat")
 
 
-class ConditionalBatchNorm2d(nn.Module):
-    """BatchNorm without affine, then a per-class scale (init 1) and shift (init 0)."""
+class ConditionalBatchNorm2d(_BatchNorm):
+    """BatchNorm without affine, then a per-class scale (init 1) and shift (init 0). Not an
+    `nn.BatchNorm2d`, so the DCGAN init leaves its embeddings as set here."""
 
     def __init__(self, num_features: int, num_classes: int) -> None:
-        super().__init__()
-        self.bn = nn.BatchNorm2d(num_features, affine=False)
+        super().__init__(num_features, affine=False)
         self.scale = nn.Embedding(num_classes, num_features)
         self.shift = nn.Embedding(num_classes, num_features)
         nn.init.ones_(self.scale.weight)
@@ -31,7 +32,11 @@ class ConditionalBatchNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         scale, shift = self.scale(y)[:, :, None, None], self.shift(y)[:, :, None, None]
-        return self.bn(x) * scale + shift
+        return super().forward(x) * scale + shift
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"expected a 4D input, got {x.dim()}D")
 
 
 class ConditionalGenerator(Generator):

@@ -14,6 +14,7 @@ from torch.optim import Optimizer
 from dcgan_lightning.divergence import NonFiniteGuard
 from dcgan_lightning.errors import UserError
 from dcgan_lightning.models.ada import AdaptiveAugment
+from dcgan_lightning.models.class_labels import ClassLabels
 from dcgan_lightning.models.diffaugment import DiffAugment
 from dcgan_lightning.models.discriminator import Discriminator
 from dcgan_lightning.models.ema import EMA
@@ -55,6 +56,8 @@ class GAN(LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         num_fixed_samples: int = 64,
+        num_classes: int = 0,
+        conditional: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if noise not in ("normal", "uniform"):
@@ -72,14 +75,23 @@ class GAN(LightningModule):
         self.automatic_optimization = False
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
 
-        self.generator = Generator(z_dim, image_size, channels, **generator)
-        self.discriminator = Discriminator(image_size, channels, **discriminator)
+        self.labels = ClassLabels(num_classes, **conditional) if conditional else None
+        if self.labels is None:
+            self.generator = Generator(z_dim, image_size, channels, **generator)
+            self.discriminator = Discriminator(image_size, channels, **discriminator)
+        else:
+            self.generator, self.discriminator = self.labels.nets(
+                z_dim, image_size, channels, generator, discriminator
+            )
         self.generator.apply(dcgan_init)
         self.discriminator.apply(dcgan_init)
         self.augment = AdaptiveAugment(diffaugment, **ada) if ada else DiffAugment(diffaugment)
         self.ema_generator = EMA(self.generator, ema["decay"], ema["start_step"]) if ema else None
         # Same on every rank and saved in checkpoints, so sample grids are comparable across epochs.
         fixed = self.sample_noise(num_fixed_samples, torch.Generator().manual_seed(0))
+        if self.labels is not None:  # a row per class: the same z in every row
+            fixed, fixed_labels = self.labels.grid(fixed)
+            self.register_buffer("fixed_labels", fixed_labels)
         self.register_buffer("fixed_noise", fixed)
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -109,34 +121,61 @@ class GAN(LightningModule):
         return self.ema_generator.module if self.ema_generator is not None else self.generator
 
     @torch.no_grad()
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1], float32, from the sampling generator in eval mode."""
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [-1, 1], float32, from the sampling generator in eval mode (of class
+        `labels` for a conditional model)."""
         net = self.sampling_generator
         was_training = net.training
         net.eval()
         try:
-            return net(z.to(self.device)).float()
+            return net(z.to(self.device), *self._conditions(labels)).float()
         finally:
             net.train(was_training)
 
+    def fixed_samples(self) -> tuple[torch.Tensor, int | None]:
+        """G of the fixed noise (and labels) for sample grids, and the grid's row length (None:
+        any; conditional: a row per class)."""
+        labels = getattr(self, "fixed_labels", None)
+        nrow = self.labels.grid_columns(len(self.fixed_noise)) if self.labels else None
+        return self.generate(self.fixed_noise, labels), nrow
+
+    # -- labels: the identity for an unconditional model ---------------------------------------
+    def _conditions(self, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """The nets' extra arguments: `(labels,)` for a conditional model, else none."""
+        return (labels.to(self.device),) if self.labels is not None else ()
+
+    def _split(self, batch: Any) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Images, and the conditions of the real batch (labelled data: `(images, labels)`)."""
+        real, labels = batch if isinstance(batch, (tuple, list)) else (batch, None)
+        if self.labels is not None and labels is None:
+            raise UserError("model.conditional needs labelled batches: set data.labels=true")
+        return real, self._conditions(labels)
+
+    def _sample_inputs(self, n: int, rng: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """z, then (conditional) fake labels, both from `rng`: per rank, resumable."""
+        z = self.sample_noise(n, rng)
+        return (z, self.labels.sample(n, rng)) if self.labels is not None else (z,)
+
     # -- training ------------------------------------------------------------------------------
-    def training_step(self, real: torch.Tensor, batch_idx: int) -> None:
+    def training_step(self, batch: Any, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
         G, D = self.train_nets["G"], self.train_nets["D"]
         hp, guard = self.hparams, self.nonfinite
+        real, y_real = self._split(batch)  # y_*: () unconditional, else (labels,)
         if hp.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
         # Batches over the whole run (batch_idx restarts each epoch), restored on resume.
         g_step = (self.trainer.fit_loop.total_batch_idx + 1) % hp.d_steps_per_g_step == 0
 
         # One generator forward, before any toggling, so the G step can reuse it.
+        z, *y_fake = self._sample_inputs(real.size(0), self._rng(0, self.global_step))
         with torch.set_grad_enabled(g_step):
-            fake = G(self.sample_noise(real.size(0), self._rng(0, self.global_step)))
+            fake = G(z, *y_fake)
 
         # (1) Update D: real -> 1, fake -> 0. fake.detach(): no gradient reaches G.
         with self.toggled_optimizer(opt_d):
-            d_real = D(self.augment(real))
-            d_fake = D(self.augment(fake.detach()))
+            d_real = D(self.augment(real), *y_real)
+            d_fake = D(self.augment(fake.detach()), *y_fake)
             loss_d = discriminator_loss(hp.loss, d_real, d_fake, hp.label_smoothing)
             opt_d.zero_grad(set_to_none=True)
             if guard.finite(self.trainer, loss_d, "loss_d"):  # `skip` leaves the update out
@@ -153,7 +192,7 @@ class GAN(LightningModule):
         # parameters: no D gradients are computed or all-reduced in this step.
         if g_step:
             with self.toggled_optimizer(opt_g):
-                loss_g = generator_loss(hp.loss, self.discriminator(self.augment(fake)))
+                loss_g = generator_loss(hp.loss, self.discriminator(self.augment(fake), *y_fake))
                 opt_g.zero_grad(set_to_none=True)
                 if guard.finite(self.trainer, loss_g, "loss_g"):
                     self.manual_backward(loss_g)
@@ -215,21 +254,31 @@ class GAN(LightningModule):
         # PL_GLOBAL_SEED: `seed_everything`'s seed, also in spawned ranks.
         self.run_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
         seed_rank(self.run_seed, self.global_rank)
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        if self.labels is not None and getattr(datamodule, "labels", None) is not None:
+            self.labels.use_data(datamodule.class_names, datamodule.class_counts)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._trainer is not None:  # on every rank, together: both calls below are collective
             self.nonfinite.check(self.trainer)  # never write a checkpoint after a bad loss
         checkpoint["rng_states"] = gather_rng_states()
+        if self.labels is not None:
+            checkpoint["classes"] = self.labels.describe()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng_states" in checkpoint:
             restore_rng_states(checkpoint["rng_states"], self.global_rank, self._world_size())
+        if self.labels is not None and "classes" in checkpoint:
+            self.labels.names = list(checkpoint["classes"]["names"])
 
     def _world_size(self) -> int:
         return self.trainer.world_size if self._trainer is not None else 1
 
     # -- validation: hands real and generated images to the metric callbacks -------------------
-    def validation_step(self, real: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
-        # Same z at every evaluation, so metric curves compare like with like.
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        # Same z at every evaluation, so metric curves compare like with like. A conditional model
+        # draws the real batch's classes: per-class metrics compare equal counts.
+        real, y_real = self._split(batch)
         z = self.sample_noise(real.size(0), self._rng(1, batch_idx))
-        return {"real": real.float(), "fake": self.generate(z)}
+        out = {"real": real.float(), "fake": self.generate(z, *y_real)}
+        return out | ({"labels": y_real[0]} if y_real else {})
