@@ -4,6 +4,8 @@ One run writes one kind of output: `num_images` image files (default), one grid 
 latent walk (`interpolate=true`) or a zip of JPEGs (`zip=images.zip`, Kaggle's layout). The
 settings that made the images (checkpoint, seed, truncation, ...) are recorded with them: in
 `generation.json` beside the files, as the comment of a zip, and inside grid and walk images.
+A conditional checkpoint draws `num_images` per class: `label=Trouser` (a name or an index),
+`labels=[Trouser,Bag]`, or every class; files are named `<class>_<i>`, a grid has a row per class.
 See conf/generate.yaml for every option.
 """
 
@@ -33,7 +35,7 @@ from dcgan_lightning.generation.images import (
     to_uint8,
 )
 from dcgan_lightning.generation.latent import METHODS, latent_walk
-from dcgan_lightning.generation.loading import TrainedGenerator, load_generator
+from dcgan_lightning.generation.loading import TrainedGenerator, load_generator, safe_name
 from dcgan_lightning.generation.noise import check_truncation
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,9 @@ log = logging.getLogger(__name__)
 MODES = ("zip", "grid", "interpolate")
 RECORD = "generation.json"  # the settings that made the images in a folder
 # Files a previous run may have left in `out`: `overwrite=true` replaces exactly these.
-OUR_FILES = re.compile(rf"^((\d{{6,}}|grid|linear|slerp)\.(png|jpg|gif)|{re.escape(RECORD)})$")
+OUR_FILES = re.compile(
+    rf"^(([A-Za-z0-9_.-]+_)?(\d{{6,}}|grid|linear|slerp)\.(png|jpg|gif)|{re.escape(RECORD)})$"
+)
 
 
 def output_mode(cfg: DictConfig) -> str:
@@ -84,13 +88,42 @@ def claim(dest: Path, overwrite: bool, is_zip: bool) -> None:
 
 
 def render(
-    generator: TrainedGenerator, z: torch.Tensor, batch_size: int, size: int | None
+    generator: TrainedGenerator,
+    z: torch.Tensor,
+    batch_size: int,
+    size: int | None,
+    label: int | None = None,
 ) -> Iterator[Image.Image]:
-    """G(z) as PIL images, `batch_size` at a time, so memory does not grow with len(z)."""
+    """G(z) (of class `label`) as PIL images, `batch_size` at a time, so memory does not grow
+    with len(z)."""
     for start in range(0, len(z), batch_size):
+        chunk = z[start : start + batch_size]
+        labels = None if label is None else torch.full((len(chunk),), label, dtype=torch.long)
         with torch.inference_mode():
-            images = generator(z[start : start + batch_size])
+            images = generator(chunk, labels)
         yield from to_pil(to_uint8(images), size)
+
+
+def class_prefixes(
+    generator: TrainedGenerator, classes: list[int] | None
+) -> list[tuple[str, int | None]]:
+    """(file name prefix, class) per set of images: `<class>_`, or one unnamed unconditional set."""
+    if classes is None:
+        return [("", None)]
+    return [(f"{safe_name(generator.class_names[c])}_", c) for c in classes]
+
+
+def chosen_classes(generator: TrainedGenerator, cfg: DictConfig) -> list[int] | None:
+    """The class indices to draw: `label=`, `labels=[...]`, or every class; None when the
+    generator is unconditional (which refuses a label)."""
+    asked = [cfg.label] if cfg.get("label") is not None else list(cfg.get("labels") or [])
+    if generator.class_names is None:
+        if asked:
+            raise ValueError(f"label(s) {asked} given, but {cfg.ckpt_path} is unconditional")
+        return None
+    if not asked:
+        return list(range(len(generator.class_names)))
+    return [generator.label_index(label) for label in asked]
 
 
 def sample_images(
@@ -100,14 +133,16 @@ def sample_images(
     batch_size: int,
     size: int | None = None,
     truncation: float | None = None,
+    label: int | None = None,
 ) -> Iterator[Image.Image]:
-    """Image i comes from the i-th z of a CPU RNG seeded with `seed`, whatever the batch size."""
+    """Image i comes from the i-th z of a CPU RNG seeded with `seed`, whatever the batch size
+    (and, for a conditional generator, whatever the class `label`)."""
     rng = torch.Generator().manual_seed(seed)
     with Progress(*Progress.get_default_columns(), MofNCompleteColumn()) as bar:
         task = bar.add_task("Generating", total=n)
         for start in range(0, n, batch_size):
             z = generator.sample_noise(min(batch_size, n - start), rng, truncation)
-            for image in render(generator, z, batch_size, size):
+            for image in render(generator, z, batch_size, size, label):
                 yield image
                 bar.advance(task)
 
@@ -120,24 +155,35 @@ def walk_images(
     batch_size: int,
     size: int | None = None,
     truncation: float | None = None,
+    label: int | None = None,
 ) -> list[Image.Image]:
-    """Frames walking through the first z of each seed: row k goes from seeds[k] to seeds[k+1]."""
+    """Frames walking through the first z of each seed: row k goes from seeds[k] to seeds[k+1]
+    (within class `label` for a conditional generator)."""
     anchors = torch.cat(
         [generator.sample_noise(1, torch.Generator().manual_seed(s), truncation) for s in seeds]
     )
     z = latent_walk(anchors, steps, method).flatten(0, 1)
-    return list(render(generator, z, batch_size, size))
+    return list(render(generator, z, batch_size, size, label))
 
 
 def write_walks(
-    generator: TrainedGenerator, cfg: DictConfig, out: Path, fmt: str, record: str
+    generator: TrainedGenerator,
+    cfg: DictConfig,
+    out: Path,
+    fmt: str,
+    record: str,
+    classes: list[int] | None = None,
 ) -> None:
-    """Per method, a grid (a row per pair of seeds) and a GIF that walks there and back."""
+    """Per method, a grid (a row per pair of seeds) and a GIF that walks there and back; a
+    conditional generator walks within one class."""
     seeds, steps = list(cfg.walk_seeds), cfg.walk_steps
+    if classes is not None and len(classes) != 1:
+        raise ValueError("interpolate=true walks within one class: pass label=NAME (or index)")
+    label = classes[0] if classes else None
     out.mkdir(parents=True, exist_ok=True)
     for method in METHODS:
         frames = walk_images(
-            generator, seeds, steps, method, cfg.batch_size, cfg.size, cfg.truncation
+            generator, seeds, steps, method, cfg.batch_size, cfg.size, cfg.truncation, label
         )
         (out / f"{method}.{fmt}").write_bytes(encode(grid(frames, nrow=steps), fmt, record))
         # Each row's first frame repeats the previous row's last: keep it once.
@@ -145,7 +191,9 @@ def write_walks(
         save_gif(path + path[-2:0:-1], out / f"{method}.gif", record)
 
 
-def settings(cfg: DictConfig, generator: TrainedGenerator, mode: str) -> str:
+def settings(
+    cfg: DictConfig, generator: TrainedGenerator, mode: str, classes: list[int] | None = None
+) -> str:
     """What made the images, as JSON: enough to make them again (not batch_size: no effect)."""
     made = {
         "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
@@ -159,6 +207,8 @@ def settings(cfg: DictConfig, generator: TrainedGenerator, mode: str) -> str:
         made |= {"walk_seeds": list(cfg.walk_seeds), "walk_steps": cfg.walk_steps}
     else:
         made |= {"seed": cfg.seed, "num_images": cfg.num_images}
+    if classes is not None:  # num_images per class
+        made["labels"] = [generator.class_names[c] for c in classes]
     return json.dumps(made, indent=2)
 
 
@@ -193,23 +243,29 @@ def generate(cfg: DictConfig) -> Path:
             cfg.size,
         )
 
-    record = settings(cfg, generator, mode)
+    classes = chosen_classes(generator, cfg)
+    record = settings(cfg, generator, mode, classes)
     if mode == "interpolate":
-        write_walks(generator, cfg, dest, fmt, record)
+        write_walks(generator, cfg, dest, fmt, record, classes)
     else:
-        images = sample_images(
-            generator, cfg.num_images, cfg.seed, cfg.batch_size, cfg.size, cfg.truncation
-        )
+        # (file name prefix, images) per class; one unnamed set for an unconditional generator.
+        options = (cfg.num_images, cfg.seed, cfg.batch_size, cfg.size, cfg.truncation)
+        sets = [
+            (prefix, sample_images(generator, *options, label))
+            for prefix, label in class_prefixes(generator, classes)
+        ]
         if mode == "grid":
             dest.mkdir(parents=True, exist_ok=True)
-            images = list(images)
-            nrow = math.ceil(math.sqrt(len(images)))  # a near-square grid
+            images = [image for _, images in sets for image in images]
+            # A row per class (the same z in each column), else a near-square grid.
+            nrow = cfg.num_images if classes is not None else math.ceil(math.sqrt(len(images)))
             (dest / f"grid.{fmt}").write_bytes(encode(grid(images, nrow), fmt, record))
         else:
             width = max(6, len(str(cfg.num_images - 1)))
             with ImageWriter(dest, fmt, mode == "zip", comment=record) as writer:
-                for i, image in enumerate(images):
-                    writer.add(f"{i:0{width}d}", image)
+                for prefix, images in sets:
+                    for i, image in enumerate(images):
+                        writer.add(f"{prefix}{i:0{width}d}", image)
     if mode != "zip":  # a zip carries it as its comment: Kaggle's zip holds images only
         (dest / RECORD).write_text(record + "\n")
     log.info("Wrote %s", dest)

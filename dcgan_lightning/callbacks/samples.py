@@ -24,7 +24,8 @@ def log_image(trainer: pl.Trainer, key: str, path: Path) -> None:
 
 
 class SampleGrid(Callback):
-    """Draws G(fixed_noise) (a conditional model: a row per class) every epoch into `dirpath/epoch_XXXX.png`; `progress.gif` at the end."""
+    """Draws G(fixed_noise) every epoch into `dirpath/epoch_XXXX.png`; `progress.gif` at the end.
+    A conditional model's grid has a row per class."""
 
     def __init__(self, dirpath: str, nrow: int = 8, gif_frame_ms: int = 200) -> None:
         self.dirpath = Path(dirpath)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from dcgan_lightning.generation.noise import NOISES, draw_noise
+from dcgan_lightning.models.conditional import ConditionalGenerator
 from dcgan_lightning.models.generator import Generator
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,13 @@ class TrainedGenerator(nn.Module):
     """
 
     def __init__(
-        self, net: Generator, noise: str, image_size: int, channels: int, ema: bool = False
+        self,
+        net: Generator,
+        noise: str,
+        image_size: int,
+        channels: int,
+        ema: bool = False,
+        class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
         if noise not in NOISES:
@@ -43,6 +51,21 @@ class TrainedGenerator(nn.Module):
         self.noise, self.image_size, self.channels = noise, image_size, channels
         self.ema = ema  # whether `net` holds EMA weights
         self.z_dim: int = net.z_dim
+        self.class_names = class_names  # None: unconditional; else forward takes labels
+
+    def label_index(self, label: int | str) -> int:
+        """A class given by name or index, as its index; refused with the list of valid ones."""
+        names = self.class_names
+        if names is None:
+            raise ValueError("this checkpoint's generator is unconditional: it takes no label")
+        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(names):
+            return label
+        wanted = str(label)
+        for i, name in enumerate(names):
+            if wanted in (name, safe_name(name)) or (wanted.isdigit() and int(wanted) == i):
+                return i
+        listed = ", ".join(f"{i}={name}" for i, name in enumerate(names))
+        raise ValueError(f"unknown label {label!r}: this generator's classes are {listed}")
 
     @property
     def device(self) -> torch.device:
@@ -57,8 +80,18 @@ class TrainedGenerator(nn.Module):
         """
         return draw_noise(n, self.z_dim, self.noise, generator, truncation).to(self.device)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z.to(self.device)).float()
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [-1, 1]; a conditional generator needs `labels` (class indices, len(z))."""
+        if self.class_names is None:
+            return self.net(z.to(self.device)).float()
+        if labels is None:
+            raise ValueError("this generator is conditional: pass labels (class indices)")
+        return self.net(z.to(self.device), labels.to(self.device)).float()
+
+
+def safe_name(name: str) -> str:
+    """A class name fit for a file name (`T-shirt/top` -> `T-shirt_top`)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -108,10 +141,19 @@ def load_generator(
     """The generator of a training checkpoint, in eval mode on `device`.
 
     `ema=True` takes the EMA weights when the run kept them (`model.ema`), else the raw ones.
+    A conditional run's generator takes labels too (`class_names` lists its classes).
     """
     ckpt = read_checkpoint(ckpt_path)
     hp = ckpt["hyper_parameters"]
-    net = Generator(hp["z_dim"], hp["image_size"], hp["channels"], **hp["generator"])
+    conditional, names = hp.get("conditional"), None
+    if conditional:
+        k = hp["num_classes"]
+        names = list(ckpt.get("classes", {}).get("names") or map(str, range(k)))
+        net = ConditionalGenerator(hp["z_dim"], hp["image_size"], hp["channels"], k,
+                                   conditional.get("generator", "cbn"),
+                                   conditional.get("embed_dim", 32), **hp["generator"])  # fmt: skip
+    else:
+        net = Generator(hp["z_dim"], hp["image_size"], hp["channels"], **hp["generator"])
     state, used_ema = generator_state(ckpt, ema)
     try:
         net.load_state_dict(state)
@@ -120,5 +162,5 @@ def load_generator(
             f"{ckpt_path}: generator weights do not fit its hyperparameters"
         ) from e
     log.info("Loaded %s generator weights from %s", "EMA" if used_ema else "raw", ckpt_path)
-    model = TrainedGenerator(net, hp["noise"], hp["image_size"], hp["channels"], ema=used_ema)
+    model = TrainedGenerator(net, hp["noise"], hp["image_size"], hp["channels"], used_ema, names)
     return model.to(device).eval()
