@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from dcgan_lightning.metrics import cache, inception
 from dcgan_lightning.metrics.evaluator import QualityEvaluator, to_uint8
+from dcgan_lightning.metrics.per_class import PerClassSWD
 
 log = logging.getLogger(__name__)
 SWD_MAX_PATCHES_PER_IMAGE = 128  # ProGAN's count: more would mostly repeat neighbourhoods
@@ -132,6 +133,14 @@ class QualityMetrics(Callback):
             swd_directions=self.swd_directions,
         ).to(pl_module.device)
         self.real_done = False
+        self.per_class = None  # a conditional model on labelled data: SWD per class too
+        if self.swd and getattr(pl_module, "labels", None) is not None and datamodule.num_classes:
+            self.per_class = PerClassSWD(
+                datamodule.class_names,
+                datamodule.image_size,
+                patches_per_image=self.evaluator.swd.patches_per_image,
+                num_directions=self.swd_directions,
+            ).to(pl_module.device)
         self._cache_settings = {
             "data": datamodule.fingerprint,
             "image_size": datamodule.image_size,
@@ -164,6 +173,10 @@ class QualityMetrics(Callback):
         self.evaluator.update(to_uint8(outputs["fake"]), real=False)
         if not self.real_done:
             self.evaluator.update(to_uint8(outputs["real"]), real=True)
+        if self.per_class is not None:
+            self.per_class.update(to_uint8(outputs["fake"]), outputs["labels"], real=False)
+            if not self.real_done:
+                self.per_class.update(to_uint8(outputs["real"]), outputs["labels"], real=True)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Runs on every rank: compute() is collective (never in a rank-zero-only hook).
@@ -177,6 +190,10 @@ class QualityMetrics(Callback):
             values = self.evaluator.compute()
             # Equal on every rank already; the mean over ranks keeps them (and Lightning quiet).
             pl_module.log_dict({f"val/{k}": v for k, v in values.items()}, sync_dist=True)
+        if self.per_class is not None:
+            values = self.per_class.compute()  # collective, on every rank
+            pl_module.log_dict({f"val/{k}": v for k, v in values.items()}, sync_dist=True)
+            self.per_class.reset()
         self.evaluator.reset()
 
     def _finish_real_pass(self, trainer: pl.Trainer) -> None:
