@@ -146,7 +146,7 @@ def load_generator(
     ckpt = read_checkpoint(ckpt_path)
     hp = ckpt["hyper_parameters"]
     conditional, names = hp.get("conditional"), None
-    if conditional:
+    if conditional is not None:
         k = hp["num_classes"]
         names = list(ckpt.get("classes", {}).get("names") or map(str, range(k)))
         net = ConditionalGenerator(hp["z_dim"], hp["image_size"], hp["channels"], k,

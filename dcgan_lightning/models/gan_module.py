@@ -75,7 +75,7 @@ class GAN(LightningModule):
         self.automatic_optimization = False
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
 
-        self.labels = ClassLabels(num_classes, **conditional) if conditional else None
+        self.labels = ClassLabels(num_classes, **conditional) if conditional is not None else None
         if self.labels is None:
             self.generator = Generator(z_dim, image_size, channels, **generator)
             self.discriminator = Discriminator(image_size, channels, **discriminator)
