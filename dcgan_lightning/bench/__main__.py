@@ -23,9 +23,11 @@ import dcgan_lightning.bench as bench
 
 
 def sections() -> list[str]:
-    """Every module of this package but `__init__` and `__main__`."""
-    names = (m.name for m in pkgutil.iter_modules(bench.__path__))
-    return sorted(name for name in names if not name.startswith("_"))
+    """Every module of this package with a `run` (not `gpu_check`, a command of its own)."""
+    names = (m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
+    return sorted(
+        n for n in names if hasattr(importlib.import_module(f"{bench.__name__}.{n}"), "run")
+    )
 
 
 def machine() -> str:
