@@ -33,6 +33,7 @@ from dcgan_lightning.compose import compose_train_config
 from dcgan_lightning.precision import amp_precision
 from dcgan_lightning.train import train
 
+REPO = Path(__file__).resolve().parents[2]
 NO_GPU = "gpu-check: no CUDA device here, nothing to check (run it on a machine with a GPU)."
 STAGES = ("pytest", "train", "bench")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
@@ -156,7 +157,7 @@ def training_checks(tmp: Path) -> list[Result]:
 def run_pytest() -> list[Result]:
     """`pytest -m gpu`, its output passed through; the result is its summary line."""
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
     print(proc.stdout[-6000:], proc.stderr[-2000:], sep="\n", flush=True)
     summary = (proc.stdout.strip().splitlines() or ["no output"])[-1].strip("= ")
     return [Result("pytest", "pytest -m gpu", "ok" if proc.returncode == 0 else "FAILED", summary)]
