@@ -102,3 +102,12 @@ def test_training_check_names_frozen_parameters_and_a_missing_grid(tmp_path: Pat
     assert len(problems) == 2, problems
     assert "parameters unchanged: generator." in problems[0]
     assert "no sample grid" in problems[1]
+
+
+def test_tiled_shapes_repeat_the_drawn_ones() -> None:
+    dm = training.TiledShapes(distinct=4, num_images=10, image_size=32)
+    images = dm.load_images()
+    assert images.shape == (10, 3, 32, 32) and images.dtype == torch.uint8
+    assert torch.equal(images[4:8], images[:4]) and torch.equal(images[8:], images[:2])
+    assert not torch.equal(images[0], images[1])
+    assert "tiled4" in dm.fingerprint

@@ -28,6 +28,7 @@ from dcgan_lightning.bench import row
 from dcgan_lightning.bench.training import (
     BatchTimer,
     Case,
+    TiledShapes,
     case_overrides,
     framework_seconds,
     model_overrides,
@@ -36,7 +37,6 @@ from dcgan_lightning.bench.training import (
     seconds_per_batch,
 )
 from dcgan_lightning.compose import compose_train_config
-from dcgan_lightning.data.shapes import ShapesDataModule
 from dcgan_lightning.models.discriminator import Discriminator
 from dcgan_lightning.models.generator import Generator
 from dcgan_lightning.models.init import dcgan_init
@@ -135,7 +135,7 @@ def measure(case: Case, device: torch.device, quick: bool = False) -> dict[str, 
     times: dict[str, list[float]] = {loop: [] for loop in LOOPS}
     with tempfile.TemporaryDirectory() as tmp_dir, quiet():
         tmp = Path(tmp_dir)
-        images = ShapesDataModule(case.batch * (warmup + n + 1), image_size=case.image_size)
+        images = TiledShapes(num_images=case.batch * (warmup + n + 1), image_size=case.image_size)
         images = images.load_images()
         model_cfg = compose_train_config(model_overrides(case), tmp).model
         for r in range(repeats):
