@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from dcgan_lightning.bench import overhead, training
-from dcgan_lightning.bench.training import GPU_BATCH, GPU_SIZES, Case
+from dcgan_lightning.bench.training import GPU_BATCH, GPU_SIZES, Case, TiledShapes
 from dcgan_lightning.compose import compose_train_config
 from dcgan_lightning.precision import amp_precision
 from dcgan_lightning.train import train
@@ -139,6 +139,7 @@ def training_checks(tmp: Path) -> list[Result]:
                 "trainer=gpu",
                 f"trainer.precision={precision}",
                 f"trainer.max_epochs={EPOCHS}",
+                f"data._target_={TiledShapes.__module__}.TiledShapes",  # drawn once, not 6 times
                 "data.image_size=64",
                 f"data.num_images={64 * BATCHES_PER_EPOCH}",
             ]
