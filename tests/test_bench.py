@@ -111,3 +111,14 @@ def test_tiled_shapes_repeat_the_drawn_ones() -> None:
     assert torch.equal(images[4:8], images[:4]) and torch.equal(images[8:], images[:2])
     assert not torch.equal(images[0], images[1])
     assert "tiled4" in dm.fingerprint
+
+
+@pytest.mark.slow
+def test_gpu_check_bench_stage_gives_both_sections_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(overhead, "window", lambda device, quick: (1, 2, 1))
+    monkeypatch.setattr(training, "window", lambda device, quick: (1, 2, 1))
+    results = gpu_check.bench(torch.device("cpu"), [overhead.TINY])
+    by_stage = {(r.stage, r.case): r for r in results}
+    assert ("training", "tiny nets: train(cfg) / raw") in by_stage
+    assert by_stage[("overhead", "tiny nets: user default / bare Lightning")].result.endswith(" x")
+    assert not any(r.failed for r in results)

@@ -179,11 +179,10 @@ def _value(r: dict) -> str:
     return f"{r['value']:,.{digits}f} {r['unit']}"
 
 
-def bench() -> list[Result]:
-    """The `training` and `overhead` sections at every case of `bench_cases`, quick windows."""
-    device, rows = torch.device("cuda"), []
-    rows += training.measure(bench_cases(), device, quick=True)
-    for case in bench_cases():
+def bench(device: torch.device, chosen: list[Case]) -> list[Result]:
+    """The `training` and `overhead` sections at every case of `chosen`, quick windows."""
+    rows = training.measure(chosen, device, quick=True)
+    for case in chosen:
         rows += overhead.rows(case, device, overhead.measure(case, device, quick=True))
     return [Result(r["section"], r["case"], _value(r), r["note"]) for r in rows]
 
@@ -217,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 elif stage == "train":
                     results += training_checks(Path(tmp))
                 else:
-                    results += bench()
+                    results += bench(torch.device("cuda"), bench_cases())
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}\n")
     print(table(results))
     return 1 if any(r.failed for r in results) else 0
