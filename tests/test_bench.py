@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
+from dcgan_lightning.bench import __main__ as bench_main
 from dcgan_lightning.bench import gpu_check, overhead, training
 from dcgan_lightning.bench.gpu_check import Result
 from tests.conftest import REPO
@@ -122,3 +124,20 @@ def test_gpu_check_bench_stage_gives_both_sections_rows(monkeypatch: pytest.Monk
     assert ("training", "tiny nets: train(cfg) / raw") in by_stage
     assert by_stage[("overhead", "tiny nets: user default / bare Lightning")].result.endswith(" x")
     assert not any(r.failed for r in results)
+
+
+def test_a_section_runs_with_its_threads_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    seen = []
+    fake = types.ModuleType("dcgan_lightning.bench.fake")
+    fake.THREADS = 1
+    fake.run = lambda quick: seen.append(torch.get_num_threads()) or []
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    monkeypatch.setattr(bench_main, "sections", lambda: ["fake"])
+    before = torch.get_num_threads()
+    assert bench_main.main(["--only", "fake"]) == 0
+    assert bench_main.main(["--only", "fake", "--threads", "2"]) == 0
+    assert seen == [1, 2]
+    assert torch.get_num_threads() == before
+    assert "| section | case |" in capsys.readouterr().out

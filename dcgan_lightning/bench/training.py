@@ -30,6 +30,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+import wandb
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
@@ -200,6 +201,7 @@ def as_user() -> Iterator[None]:
     env["TTY_INTERACTIVE"] = "1"
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    wandb.setup()  # W&B's service process starts once, here, not inside the first timed window
     try:
         with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
             yield
