@@ -28,11 +28,20 @@ TINY_CHECK = [  # a training check that runs in seconds on a CPU
 ]
 
 
-def test_seconds_per_batch_is_the_window_mean_so_periodic_work_counts() -> None:
-    # 3 batches of 1 s and one of 7 s (a logging batch): a median of batches would say 1 s.
-    assert training.seconds_per_batch([0.0, 1.0, 2.0, 3.0, 10.0]) == pytest.approx(2.5)
-    with pytest.raises(ValueError, match="at least 2"):
-        training.seconds_per_batch([1.0])
+def test_window_is_a_mean_over_its_batches_timed_at_its_ends_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Batch starts at 0, 1, 2, 3, 4, 11 s: after 1 warm-up batch, 3 batches of 1 s and one of
+    # 7 s (a logging batch): a median of batches would say 1 s.
+    starts, synced, batch = [0.0, 1.0, 2.0, 3.0, 4.0, 11.0], [], 0
+    monkeypatch.setattr(training, "_now", lambda device: synced.append(device) or starts[batch])
+    window = training.Window(warmup=1, n=4)
+    for batch in range(len(starts)):
+        window.mark(batch, torch.device("cpu"))
+    assert window.seconds_per_batch == pytest.approx(2.5)
+    assert len(synced) == 2  # the device waits at the window's two ends, never in between
+    with pytest.raises(RuntimeError, match="before batch 5 began"):
+        _ = training.Window(warmup=1, n=4).seconds_per_batch
 
 
 def test_gpu_cases_cover_every_size_eager_and_compiled() -> None:

@@ -34,7 +34,6 @@ from dcgan_lightning.bench.training import (
     model_overrides,
     quiet,
     raw_seconds,
-    seconds_per_batch,
 )
 from dcgan_lightning.compose import compose_train_config
 from dcgan_lightning.models.discriminator import Discriminator
@@ -101,7 +100,7 @@ def bare_seconds(case: Case, device: torch.device, warmup: int, n: int, tmp: Pat
     cfg = compose_train_config(case_overrides(case, device, warmup + n + 1), tmp)
     datamodule = instantiate(cfg.data)
     model = BareGAN(cfg.model, datamodule.image_size, datamodule.channels)
-    timer = BatchTimer(warmup)
+    timer = BatchTimer(warmup, n)
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
@@ -118,7 +117,7 @@ def bare_seconds(case: Case, device: torch.device, warmup: int, n: int, tmp: Pat
         default_root_dir=tmp,
     )
     trainer.fit(model, datamodule=datamodule)
-    return seconds_per_batch(timer.marks)
+    return timer.window.seconds_per_batch
 
 
 def window(device: torch.device, quick: bool) -> tuple[int, int, int]:

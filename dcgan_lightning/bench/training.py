@@ -121,38 +121,46 @@ def _now(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def seconds_per_batch(marks: list[float]) -> float:
-    """Mean time per batch over the window from the first mark to the last.
+class Window:
+    """Times batches [warmup, warmup + n) start to start: all the loop does for them (loading, the
+    step, logging, callbacks). The device is synchronised at the window's two ends only, so the
+    host runs ahead of the device between them as in a real run; a mean over the window, not a
+    median of batches, so work done every k batches (logging, a bar refresh) counts."""
 
-    A mean, not a median of single batches: work done every k batches (logging every
-    `log_every_n_steps`, a progress-bar refresh) is part of what a batch costs.
-    """
-    if len(marks) < 2:
-        raise ValueError(f"a window needs at least 2 marks, got {len(marks)}")
-    return (marks[-1] - marks[0]) / (len(marks) - 1)
+    def __init__(self, warmup: int, n: int) -> None:
+        self.warmup, self.n = warmup, n
+        self.start: float | None = None
+        self.end: float | None = None
+
+    def mark(self, batch_idx: int, device: torch.device) -> None:
+        """Call at the start of every batch."""
+        if batch_idx == self.warmup:
+            self.start = _now(device)
+        elif batch_idx == self.warmup + self.n:
+            self.end = _now(device)
+
+    @property
+    def seconds_per_batch(self) -> float:
+        if self.start is None or self.end is None:
+            raise RuntimeError(f"the run ended before batch {self.warmup + self.n} began")
+        return (self.end - self.start) / self.n
 
 
 class BatchTimer(Callback):
-    """Marks the start of every batch after `warmup`; rank 0 writes the marks to `out` as JSON
-    (a run built by `train(cfg)` is out of reach once it ends).
+    """A `Window` as a callback; rank 0 writes its seconds per batch to `out` (JSON), as a run
+    built by `train(cfg)` is out of reach once it ends."""
 
-    Start to start, a batch's time holds all the loop does for it: loading, the step, logging and
-    callbacks.
-    """
-
-    def __init__(self, warmup: int, out: str | None = None) -> None:
-        self.warmup, self.out = warmup, out
-        self.marks: list[float] = []
+    def __init__(self, warmup: int, n: int, out: str | None = None) -> None:
+        self.window, self.out = Window(warmup, n), out
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, batch_idx: int
     ) -> None:
-        if batch_idx >= self.warmup:
-            self.marks.append(_now(pl_module.device))
+        self.window.mark(batch_idx, pl_module.device)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.out and trainer.is_global_zero:
-            Path(self.out).write_text(json.dumps(self.marks))
+            Path(self.out).write_text(json.dumps(self.window.seconds_per_batch))
 
 
 def model_overrides(case: Case) -> list[str]:
@@ -213,11 +221,12 @@ def as_user() -> Iterator[None]:
                 os.environ[k] = v
 
 
-def timer_overrides(warmup: int, out: Path) -> list[str]:
+def timer_overrides(warmup: int, n: int, out: Path) -> list[str]:
     """Add a `BatchTimer` to a composed run's callbacks."""
     return [
         f"+callbacks.timer._target_={BatchTimer.__module__}.BatchTimer",
         f"+callbacks.timer.warmup={warmup}",
+        f"+callbacks.timer.n={n}",
         f"+callbacks.timer.out={out}",
     ]
 
@@ -227,14 +236,14 @@ def framework_seconds(
 ) -> float:
     """Seconds per batch of `train(cfg)`, the path `python -m dcgan_lightning` takes: with the
     user's default config (`user`), or stripped as the bench ran it before (`BENCH_LIKE`)."""
-    out = tmp / "marks.json"
-    overrides = [*case_overrides(case, device, warmup + n + 1), *timer_overrides(warmup, out)]
+    out = tmp / "seconds.json"
+    overrides = [*case_overrides(case, device, warmup + n + 1), *timer_overrides(warmup, n, out)]
     if user:
         with as_user():
             train(compose_train_config(overrides, tmp / "run"))
     else:
         train(compose_train_config([*overrides, *BENCH_LIKE], tmp / "run"))
-    return seconds_per_batch(json.loads(out.read_text()))
+    return json.loads(out.read_text())
 
 
 def raw_seconds(
@@ -259,11 +268,10 @@ def raw_seconds(
     autocast = torch.autocast(device.type, dtype, enabled=case.precision != "32-true")
     scaler = torch.amp.GradScaler(device.type, enabled=case.precision == "16-mixed")
     # The set on the device once, as `data.on_device=auto` holds small sets: the loop's cost only.
-    images, marks, logged, batch = images.to(device), [], [], case.batch
+    images, window, logged, batch = images.to(device), Window(warmup, n), [], case.batch
     order = torch.randperm(len(images), device=device)
     for i in range(warmup + n + 1):
-        if i >= warmup:
-            marks.append(_now(device))
+        window.mark(i, device)
         real = images[order[i * batch : (i + 1) * batch]]
         real = real.float().div_(127.5).sub_(1.0).contiguous(memory_format=memory_format)
         with autocast:
@@ -285,7 +293,7 @@ def raw_seconds(
         D.requires_grad_(True)
         d_x, d_g_z = torch.sigmoid(d_real.detach().float()), torch.sigmoid(d_fake.detach().float())
         logged.append(torch.stack([loss_d.detach(), d_x.mean(), d_g_z.mean(), loss_g.detach()]))
-    return seconds_per_batch(marks)
+    return window.seconds_per_batch
 
 
 def peak_rss_mib(args: list[str], log: Path) -> float:
