@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from dcgan_lightning.bench import overhead, training
-from dcgan_lightning.bench.training import GPU_BATCH, GPU_SIZES, Case, TiledShapes
+from dcgan_lightning.bench.training import Case, TiledShapes
 from dcgan_lightning.compose import compose_train_config
 from dcgan_lightning.precision import amp_precision
 from dcgan_lightning.train import train
@@ -165,13 +165,8 @@ def run_pytest() -> list[Result]:
 
 
 def bench_cases() -> list[Case]:
-    """The sizes a GPU user trains at, each eager and compiled, at the GPU's default precision."""
-    amp = amp_precision("gpu")
-    return [
-        Case(f"{amp} + cl, {size} px{' + compile' * compile}", amp, True, size, compile, GPU_BATCH)
-        for size in GPU_SIZES
-        for compile in (False, True)
-    ]
+    """Every GPU size, eager and compiled, at the GPU's default precision."""
+    return training.gpu_sized_cases(amp_precision("gpu"))
 
 
 def _value(r: dict) -> str:
