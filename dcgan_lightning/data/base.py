@@ -193,8 +193,13 @@ class ImageDataModule(LightningDataModule, ABC):
         order = fixed_order(total)
         self.holdout_images = images[order[total - held :]]
         if rank_zero_only.rank == 0:
-            log.info("Held out %d of %d images (data.holdout=%s), never trained on: training on "
-                     "%d", held, total, self.holdout, total - held)  # fmt: skip
+            log.info(
+                "Held out %d of %d images (data.holdout=%s), never trained on: training on %d",
+                held,
+                total,
+                self.holdout,
+                total - held,
+            )
         return images[order[: total - held]]
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
