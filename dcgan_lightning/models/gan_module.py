@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +26,8 @@ from dcgan_lightning.rng import gather_rng_states, keyed_generator, restore_rng_
 from dcgan_lightning.strategy import sync_buffers
 
 OptimizerFactory = Callable[..., Optimizer]
+# Lightning asks for sync_dist=True on epoch-level values; ours are reduced before they are logged.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('train/")
 
 
 class GAN(LightningModule):
@@ -181,7 +184,9 @@ class GAN(LightningModule):
             self.nonfinite.check(self.trainer)
             means = self.train_logs.epoch_means(self.trainer)  # one collective per epoch
             epoch = {f"train/{k}_epoch": v for k, v in means.items()}
-            self.log_dict(epoch, on_step=False, on_epoch=True, sync_dist=True)  # equal everywhere
+            # Reduced already, equal on every rank: sync_dist=True would reduce again, lazily, in
+            # whichever hook first reads callback_metrics (a hang if that runs on rank 0 only).
+            self.log_dict(epoch, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
         sync_buffers(self)
