@@ -148,7 +148,6 @@ class GAN(LightningModule):
             if guard.finite(self.trainer, loss_d, "loss_d"):  # `skip` leaves the update out
                 self.manual_backward(loss_d)
                 opt_d.step()
-                guard.stepped()
         logs = {"loss_d": loss_d, **d_outputs(hp.loss, d_real, d_fake)}
         if hp.ada:  # r_t from D(augmented real); one all-reduce every `interval` batches
             self.augment.observe(d_real)
@@ -164,7 +163,6 @@ class GAN(LightningModule):
                 if guard.finite(self.trainer, loss_g, "loss_g"):
                     self.manual_backward(loss_g)
                     opt_g.step()
-                    guard.stepped()
                     self._update_ema()
             logs["loss_g"] = loss_g
         self._log_train(logs)
@@ -177,9 +175,6 @@ class GAN(LightningModule):
             self.nonfinite.check(self.trainer)
             steps = {f"train/{k}_step": v.detach().float() for k, v in logs.items()}
             self.log_dict(steps, prog_bar=True, on_step=True, on_epoch=False)
-
-    def on_train_start(self) -> None:
-        self.nonfinite.start(self.global_step)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # On the epoch's last batch, so that callbacks' `on_train_epoch_end` (plots) see them.
