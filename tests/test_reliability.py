@@ -357,10 +357,10 @@ CLI = [
 ]
 
 
-def start(cwd: Path, *overrides: str) -> subprocess.Popen:
+def start(cwd: Path, *overrides: str, cli: list[str] = CLI) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        [sys.executable, "-m", "dcgan_lightning", *CLI, *overrides],
+        [sys.executable, "-m", "dcgan_lightning", *cli, *overrides],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
