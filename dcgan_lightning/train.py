@@ -39,6 +39,15 @@ def config_file(output_dir: Path) -> Path:
     return path
 
 
+def check_data(datamodule: pl.LightningDataModule) -> None:
+    """Fetch and load the data before anything is written for the run: missing data or too few
+    images is reported before a run directory, config.yaml or W&B run exists for a run that never
+    starts. Rank 0 only (other ranks start inside `fit`); `fit` then finds the images loaded."""
+    if rank_zero_only.rank == 0:
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit a GAN as `cfg` describes and return the final logged metrics."""
     output_dir = Path(cfg.paths.output_dir)
@@ -49,6 +58,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     # The datamodule fixes image size and channels; the model is built to match.
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    check_data(datamodule)
     model: pl.LightningModule = instantiate(
         cfg.model, image_size=datamodule.image_size, channels=datamodule.channels
     )
