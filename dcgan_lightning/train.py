@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dcgan_lightning.checkpoint_io import AtomicCheckpointIO, ensure_writable
 from dcgan_lightning.loggers import finish_wandb, start_loggers
+from dcgan_lightning.quiet import silence_library_noise
 from dcgan_lightning.resume import check_compatible, resolve_ckpt_path
 from dcgan_lightning.sweep import rerun_this_job_for_ddp_ranks, write_result
 
@@ -50,6 +51,7 @@ def check_data(datamodule: pl.LightningDataModule) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit a GAN as `cfg` describes and return the final logged metrics."""
+    silence_library_noise()
     output_dir = Path(cfg.paths.output_dir)
     ensure_writable(output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
