@@ -1,5 +1,5 @@
 """The checkpoint schedule of the default callbacks config: last.ckpt every epoch and every N
-minutes, epoch_NNNN.ckpt every N epochs, the newest `keep` kept; a SIGKILL loses at most an epoch."""
+minutes, epoch_NNNN.ckpt every N epochs, the newest `keep` kept; a SIGKILL loses <= an epoch."""
 
 from __future__ import annotations
 
@@ -118,7 +118,11 @@ def test_no_time_based_save_within_the_interval(tmp_path: Path) -> None:
 def test_cli_sigkill_after_epoch_3_of_9_leaves_a_recent_last_ckpt(tmp_path: Path) -> None:
     """The shipped config (every_n_epochs 5, metrics every 5 epochs): a kill loses <= an epoch."""
     runs = tmp_path / "outputs" / "shapes" / "runs"
-    forced = ("metrics=none", "callbacks.model_checkpoint.every_n_epochs=1", "~callbacks.sample_grid")
+    forced = (
+        "metrics=none",
+        "callbacks.model_checkpoint.every_n_epochs=1",
+        "~callbacks.sample_grid",
+    )
     cli = [o for o in CLI if o not in forced] + ["metrics.download=false", "metrics.num_samples=32"]
     proc = start(tmp_path, "trainer.max_epochs=9", cli=cli)
     wait_for(lambda: list(runs.glob("*/samples/epoch_0003.png")), proc)

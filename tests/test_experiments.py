@@ -49,7 +49,7 @@ FIXTURES: dict[str, tuple[Callable[[Path], None], int]] = {  # writer, training 
 }
 
 # The seeds' set-ups, as each experiment must pin them.
-SEED_000_LR = {"model.optimizer_g.lr": 3e-3, "model.optimizer_d.lr": 3e-3}  # seed 000's LEARNING_RATE
+SEED_000_LR = {"model.optimizer_g.lr": 3e-3, "model.optimizer_d.lr": 3e-3}  # its LEARNING_RATE
 PINNED = {
     "picasso": {"model.generator.arch": "upsample", "model.z_dim": 128, "data.batch_size": 64,
                 "model.generator.features": 64, "data.image_size": 64, "trainer.max_epochs": 400,

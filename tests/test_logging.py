@@ -1,5 +1,5 @@
 """What a run shows: no library noise (every project warning kept), a model summary with the real
-size, and images on the metrics' x-axis (batches) in W&B and TensorBoard, the progress GIF in W&B."""
+size, images on the metrics' x-axis (batches) in W&B and TensorBoard, the progress GIF in W&B."""
 
 from __future__ import annotations
 
@@ -57,10 +57,12 @@ def history_rows(run_dir: Path) -> list[dict]:
     """Every `history` record of a run directory's offline W&B run, as {key: value}."""
     (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     return [
-        {item.key or "/".join(item.nested_key): json.loads(item.value_json)
-         for item in record.history.item}  # fmt: skip
-        for record in finished_records(run_file)
-        if record.WhichOneof("record_type") == "history"
+        {
+            item.key or "/".join(item.nested_key): json.loads(item.value_json)
+            for item in r.history.item
+        }
+        for r in finished_records(run_file)
+        if r.WhichOneof("record_type") == "history"
     ]
 
 

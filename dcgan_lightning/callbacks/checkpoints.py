@@ -31,7 +31,9 @@ class RunCheckpoints(ModelCheckpoint):
         last_every_n_minutes: float | None = 30,
     ) -> None:
         if last_every_n_minutes is not None and last_every_n_minutes < 0:
-            raise ValueError(f"last_every_n_minutes must be >= 0 or null, got {last_every_n_minutes}")
+            raise ValueError(
+                f"last_every_n_minutes must be >= 0 or null, got {last_every_n_minutes}"
+            )
         super().__init__(
             dirpath=dirpath,
             filename="epoch_{epoch:04d}",
