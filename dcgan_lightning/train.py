@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dcgan_lightning.checkpoint_io import AtomicCheckpointIO, ensure_writable
 from dcgan_lightning.loggers import finish_wandb, start_loggers
+from dcgan_lightning.precision import trainer_precision
 from dcgan_lightning.quiet import silence_library_noise
 from dcgan_lightning.resume import check_compatible, resolve_ckpt_path
 from dcgan_lightning.sweep import rerun_this_job_for_ddp_ranks, write_result
@@ -43,10 +45,11 @@ def config_file(output_dir: Path) -> Path:
 def check_data(datamodule: pl.LightningDataModule) -> None:
     """Fetch and load the data before anything is written for the run: missing data or too few
     images is reported before a run directory, config.yaml or W&B run exists for a run that never
-    starts. Rank 0 only (other ranks start inside `fit`); `fit` then finds the images loaded."""
+    starts. Rank 0 only (other ranks start inside `fit`). `setup` runs on a copy: inside `fit` it
+    runs again, on every rank, knowing the world size (a cache hit for decoded image sets)."""
     if rank_zero_only.rank == 0:
         datamodule.prepare_data()
-        datamodule.setup("fit")
+        copy.copy(datamodule).setup("fit")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -75,7 +78,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = start_loggers(instantiate_dict(cfg.get("logger")), resolved, str(output_dir))
     try:
         rerun_this_job_for_ddp_ranks()
-        trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        precision = trainer_precision(cfg.trainer)  # 16-mixed on a CPU: real fp16
+        trainer: pl.Trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, **precision
+        )
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:
