@@ -21,6 +21,14 @@ log = logging.getLogger(__name__)
 USER_ERROR_STATUS = 2  # the shell's "wrong usage", apart from a crash's 1
 
 
+def user_error(err: BaseException) -> UserError | None:
+    """The `UserError` behind `err`, if any: Hydra's `instantiate` wraps what a constructor raises
+    (a model setting that can't work) in an `InstantiationException`."""
+    while err is not None and not isinstance(err, UserError):
+        err = err.__cause__
+    return err
+
+
 def exit_with_message(err: UserError) -> None:
     """A user's mistake: its message alone (console and train.log), exit status 2. The traceback
     only with HYDRA_FULL_ERROR=1, as for Hydra's own errors."""
@@ -37,8 +45,11 @@ def main(cfg: DictConfig) -> float | None:
     if not in_multirun():
         try:
             train(cfg)
-        except UserError as err:
-            exit_with_message(err)
+        except Exception as err:
+            mistake = user_error(err)
+            if mistake is None:
+                raise
+            exit_with_message(mistake)
         return None
     try:
         metrics = train(cfg)

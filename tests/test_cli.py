@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 import dcgan_lightning.__main__ as cli
@@ -74,11 +75,22 @@ def test_anything_but_a_user_error_propagates_with_its_traceback(
     assert raised.value is error and raised.value.__traceback__ is not None
 
 
+def wrapped_by_instantiate(message: str) -> InstantiationException:
+    try:
+        raise UserError(message)
+    except UserError as err:
+        try:
+            raise InstantiationException("Error in call to target 'GAN'") from err
+        except InstantiationException as wrapped:
+            return wrapped
+
+
+@pytest.mark.parametrize("wrap", [UserError, wrapped_by_instantiate])
 def test_a_user_error_exits_2_with_its_message(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    wrap, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def fails(cfg: object) -> None:
-        raise UserError("data.batch_size=128 but 43 images: lower data.batch_size")
+        raise wrap("data.batch_size=128 but 43 images: lower data.batch_size")
 
     monkeypatch.setattr(cli, "train", fails)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
