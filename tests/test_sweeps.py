@@ -125,7 +125,7 @@ def test_multirun_gives_each_job_its_dir_wandb_run_and_a_summary(tmp_path: Path)
 @pytest.mark.slow
 def test_a_failed_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    overrides = ["model.z_dim=0,8", "optimized_metric=train/loss_g", "logger=csv", *TINY]
+    overrides = ["model.z_dim=0,8", "optimized_metric=train/loss_g_epoch", "logger=csv", *TINY]
     run_cli("-m", f"hydra.sweep.dir={sweep}", *overrides, cwd=tmp_path)
     with open(sweep / "summary.csv") as f:
         rows = {r["overrides"]: r for r in csv.DictReader(f)}
