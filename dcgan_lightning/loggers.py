@@ -56,7 +56,7 @@ def wandb_logger(save_dir: str, task_name: str, **kwargs: Any) -> WandbLogger:
         log.warning("W&B: no login found (run `wandb login`), logging offline into %s", save_dir)
         offline = True
     name, group = run_name_and_group(task_name)
-    return WandbLogger(
+    logger = WandbLogger(
         save_dir=save_dir,
         name=name,
         group=group,
@@ -64,6 +64,11 @@ def wandb_logger(save_dir: str, task_name: str, **kwargs: Any) -> WandbLogger:
         offline=offline,
         **kwargs,
     )
+    # Lightning always passes `anonymous` (None when unset), which W&B answers with "The anonymous
+    # setting has no effect" on every run: leave the setting unset.
+    if logger._wandb_init.get("anonymous") is None:
+        logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def start_loggers(loggers: list[Logger], config: dict[str, Any], save_dir: str) -> list[Logger]:

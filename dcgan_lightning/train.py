@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from dcgan_lightning.checkpoint_io import AtomicCheckpointIO, ensure_writable
 from dcgan_lightning.loggers import finish_wandb, start_loggers
 from dcgan_lightning.precision import trainer_precision
+from dcgan_lightning.quiet import silence_library_noise
 from dcgan_lightning.resume import check_compatible, resolve_ckpt_path
 from dcgan_lightning.sweep import rerun_this_job_for_ddp_ranks, write_result
 
@@ -40,8 +42,19 @@ def config_file(output_dir: Path) -> Path:
     return path
 
 
+def check_data(datamodule: pl.LightningDataModule) -> None:
+    """Fetch and load the data before anything is written for the run: missing data or too few
+    images is reported before a run directory, config.yaml or W&B run exists for a run that never
+    starts. Rank 0 only (other ranks start inside `fit`). `setup` runs on a copy: inside `fit` it
+    runs again, on every rank, knowing the world size (a cache hit for decoded image sets)."""
+    if rank_zero_only.rank == 0:
+        datamodule.prepare_data()
+        copy.copy(datamodule).setup("fit")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit a GAN as `cfg` describes and return the final logged metrics."""
+    silence_library_noise()
     output_dir = Path(cfg.paths.output_dir)
     ensure_writable(output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
@@ -50,6 +63,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     # The datamodule fixes image size, channels and classes; the model is built to match.
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    check_data(datamodule)
     model: pl.LightningModule = instantiate(
         cfg.model,
         image_size=datamodule.image_size,

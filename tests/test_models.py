@@ -19,8 +19,20 @@ def test_generator_and_discriminator_shapes(size: int, channels: int) -> None:
     d = Discriminator(image_size=size, channels=channels, features=4)
     images = g(torch.randn(2, 16))
     assert images.shape == (2, channels, size, size)
-    assert images.abs().max() <= 1.0  # Tanh out
     assert d(images).shape == (2,)  # one logit per image
+
+
+@pytest.mark.parametrize("arch", ["convtranspose", "upsample"])
+def test_generator_output_is_squashed_by_tanh(arch: str) -> None:
+    """Freshly initialised outputs are small anyway: blow up the last layer's pre-activations to
+    see the squashing (without Tanh they would reach ~1e3)."""
+    g = Generator(z_dim=16, image_size=32, channels=3, features=4, arch=arch)
+    last = [m for m in g.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))][-1]
+    with torch.no_grad():
+        last.weight.mul_(1e4)
+        images = g(torch.randn(4, 16))
+    assert images.abs().max() <= 1.0
+    assert (images.abs() > 0.999).float().mean() > 0.5  # saturated: tanh of large values
 
 
 @pytest.mark.parametrize(

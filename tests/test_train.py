@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from dcgan_lightning.data.base import ImageDataModule
-from dcgan_lightning.train import train
+from dcgan_lightning.train import instantiate_dict, train
 from tests.conftest import REPO, compose_config, tiny
 
 
@@ -119,7 +119,8 @@ def test_resume_restores_optimizers_epoch_and_fixed_noise(make_cfg, tmp_path: Pa
     train(first)
     last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
-    epochs_done = saved["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"]
+    epochs_done = saved["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+    # Saved in on_train_epoch_end, where Lightning counts the epoch processed, not yet completed.
     assert epochs_done == 1 and saved["global_step"] == 4  # 2 batches x (D + G)
 
     class Probe(pl.Callback):
@@ -128,7 +129,14 @@ def test_resume_restores_optimizers_epoch_and_fixed_noise(make_cfg, tmp_path: Pa
             self.optimizer_states = [copy.deepcopy(o.state_dict()) for o in trainer.optimizers]
             self.fixed_noise = pl_module.fixed_noise.clone()
 
-    second = tiny(compose_config([f"ckpt_path={last}"], tmp_path / "resumed"))
+    # A fresh model rebuilds fixed_noise from seed 0: give the checkpoint another one, so only a
+    # real restore can put it there.
+    marked = copy.deepcopy(saved)
+    marked["state_dict"]["fixed_noise"] = torch.randn(
+        saved["state_dict"]["fixed_noise"].shape, generator=torch.Generator().manual_seed(123)
+    )
+    torch.save(marked, tmp_path / "marked.ckpt")
+    second = tiny(compose_config([f"ckpt_path={tmp_path / 'marked.ckpt'}"], tmp_path / "resumed"))
     with open_dict(second):
         second.trainer.max_epochs = 2
         second.callbacks.probe = {"_target_": "tests.test_train.Probe"}
@@ -144,11 +152,12 @@ def test_resume_restores_optimizers_epoch_and_fixed_noise(make_cfg, tmp_path: Pa
         assert torch.equal(
             restored["state"][first_param]["exp_avg"], original["state"][first_param]["exp_avg"]
         )
-    assert torch.equal(probe.fixed_noise, saved["state_dict"]["fixed_noise"])
+    assert torch.equal(probe.fixed_noise, marked["state_dict"]["fixed_noise"])
+    assert not torch.equal(probe.fixed_noise, saved["state_dict"]["fixed_noise"])
     resumed = torch.load(
         Path(second.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True
     )
-    epochs_done = resumed["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"]
+    epochs_done = resumed["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
     assert epochs_done == 2 and resumed["global_step"] == 8
 
 
@@ -185,4 +194,13 @@ def config_options() -> list[str]:
 def test_every_config_option_composes(tmp_path: Path, override: str) -> None:
     cfg = compose_config([override], tmp_path)
     group, name = override.split("=")
-    assert (cfg is not None and group in cfg) or name == "none"
+    node = cfg[group]
+    if name != "none":  # one `_target_`, or a dict of them (callbacks, loggers)
+        targets = [node] if "_target_" in node else [v for v in node.values() if v]
+        assert targets and all("_target_" in t for t in targets), override
+        return
+    assert not node and instantiate_dict(node) == []  # nothing left to build
+    callbacks = [c._target_ for c in cfg.callbacks.values() if c] if cfg.callbacks else []
+    if group == "metrics":  # no quality callback, and the trainer validates never
+        assert callbacks and not any(t.endswith("QualityMetrics") for t in callbacks)
+        assert instantiate(cfg.trainer, logger=False).check_val_every_n_epoch == 1

@@ -1,4 +1,5 @@
-"""Fixed-noise sample grids: one PNG per epoch, and a progress GIF of them at the end of fit."""
+"""Fixed-noise sample grids: one PNG per epoch, and a progress GIF of them at the end of fit, sent
+to the loggers at the step (batch index) that the metrics of that epoch are logged at."""
 
 from __future__ import annotations
 
@@ -11,16 +12,35 @@ from PIL import Image
 from torchvision.utils import make_grid, save_image
 
 
+def batch_step(trainer: pl.Trainer) -> int:
+    """The step of the last batch trained, the x-axis of every metric Lightning logs: per-step
+    metrics at their batch index, epoch means and `val/*` at the epoch's last one (Lightning's
+    `global_step` counts optimizer steps instead, 2 per batch)."""
+    return max(0, trainer.fit_loop.epoch_loop._batches_that_stepped - 1)
+
+
 def log_image(trainer: pl.Trainer, key: str, path: Path) -> None:
-    """Send an image file to every logger that shows images."""
+    """Send an image file to every logger that shows images, at the metrics' step."""
+    step = batch_step(trainer)
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            logger.log_image(key, [str(path)], step=trainer.global_step)
+            logger.log_image(key, [str(path)], step=step)
         elif isinstance(logger, TensorBoardLogger):
             import numpy as np
 
             image = np.asarray(Image.open(path).convert("RGB"))
-            logger.experiment.add_image(key, image, trainer.global_step, dataformats="HWC")
+            logger.experiment.add_image(key, image, step, dataformats="HWC")
+
+
+def log_animation(trainer: pl.Trainer, key: str, path: Path) -> None:
+    """Send a GIF to W&B as a video (an animation in its media panel); other loggers show the
+    frames already, as images."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            video = wandb.Video(str(path), format="gif")
+            logger.experiment.log({key: video, "trainer/global_step": batch_step(trainer)})
 
 
 class SampleGrid(Callback):
@@ -50,3 +70,4 @@ class SampleGrid(Callback):
         images[0].save(
             path, save_all=True, append_images=images[1:], duration=self.gif_frame_ms, loop=0
         )
+        log_animation(trainer, "samples/progress", path)

@@ -13,6 +13,8 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from dcgan_lightning.errors import UserError
+
 log = logging.getLogger(__name__)
 
 KAGGLE_CREDENTIALS = (
@@ -21,7 +23,7 @@ KAGGLE_CREDENTIALS = (
 )
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(UserError, FileNotFoundError):
     """The data is not where the config says; the message says where it was expected and how to
     get it."""
 

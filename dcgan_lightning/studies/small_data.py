@@ -49,6 +49,8 @@ ARMS = {
         "model.loss=bce",
         "model.discriminator.spectral_norm=false",
     ],
+    # The preset with adaptive augmentation: DiffAugment only as far as D overfits (ADA).
+    "plus_ada": ["model=dcgan_plus", "model.ada={target:0.6,interval:4,kimg:50}"],
 }
 METRICS = ("val/swd", "val/fid", "val/kid")  # lower is better; the ones every arm logged are shown
 
