@@ -15,6 +15,7 @@ from omegaconf import open_dict
 from PIL import Image
 
 from dcgan_lightning.data import cache
+from dcgan_lightning.data.base import fixed_order
 from dcgan_lightning.data.celeba import CelebADataModule
 from dcgan_lightning.data.device_batches import DeviceBatches
 from dcgan_lightning.data.fashion_mnist import CLASSES, FashionMNISTDataModule
@@ -307,3 +308,13 @@ def test_two_rank_conditional_run_stays_in_sync(tmp_path: Path) -> None:
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["classes"]["names"] == list(SHAPES) and len(saved["rng_states"]) == 2
     assert np.isfinite(metrics["train/loss_d_epoch"])
+
+
+def test_labels_follow_the_images_when_some_are_held_out() -> None:
+    full = ShapesDataModule(num_images=40, image_size=32, batch_size=8, labels=True)
+    held = ShapesDataModule(num_images=40, image_size=32, batch_size=8, labels=True, holdout=8)
+    full.setup("fit")
+    held.setup("fit")
+    order = fixed_order(40)[:32]
+    assert torch.equal(held.images, full.images[order])
+    assert torch.equal(held.labels, full.labels[order])
