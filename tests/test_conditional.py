@@ -303,11 +303,20 @@ def test_d_and_g_steps_change_only_their_own_net(make_cfg) -> None:
 def test_two_rank_conditional_run_stays_in_sync(tmp_path: Path) -> None:
     cfg = tiny(compose_config(["trainer=ddp_sim", "model=cdcgan", "data.labels=true",
                                "logger=csv", "metrics=none"], tmp_path / "run"))  # fmt: skip
+    with open_dict(cfg):
+        cfg.callbacks.record = {"_target_": "tests.test_ddp.RecordRank", "dirpath": str(tmp_path)}
     metrics = train(cfg)
     GlobalHydra.instance().clear()
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["classes"]["names"] == list(SHAPES) and len(saved["rng_states"]) == 2
     assert np.isfinite(metrics["train/loss_d_epoch"])
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0["wrappers"] == {"G": "DistributedDataParallel", "D": "DistributedDataParallel"}
+    for name, p in r0["final"].items():  # G(z, y) and D(x, y) through their DDP wrappers
+        assert torch.equal(p, r1["final"][name]), f"{name} differs between ranks"
+    embed = "discriminator.embed.weight"  # the projection's class embedding learnt
+    assert not torch.equal(r0["final"][embed], r0["initial"][embed])
+    assert not torch.equal(r0["z"], r1["z"])  # each rank draws its own z (and labels)
 
 
 def test_labels_follow_the_images_when_some_are_held_out() -> None:
