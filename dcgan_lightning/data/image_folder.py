@@ -125,6 +125,12 @@ class ImageFolderDataModule(ImageDataModule):
         return self.crop
 
     def list_classes(self) -> list[str]:
+        # Asked for when the model is built, before `prepare_data`: fetch the data first.
+        if self.download and self.kaggle:
+            try:
+                self.image_dir()
+            except MissingDataError:
+                self.fetch()
         folder = class_dir(self.image_dir())
         found = sorted(e.name for e in os.scandir(folder) if e.is_dir() and e.name[0] != ".")
         if self.classes is None:
