@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -35,7 +37,7 @@ from dcgan_lightning.metrics.swd import (
     pyramid_resolutions,
 )
 from dcgan_lightning.train import train
-from tests.conftest import compose_config, tiny
+from tests.conftest import compose_config, requires_cuda, tiny
 
 
 def shapes(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -348,3 +350,63 @@ def test_an_unloadable_weights_file_counts_as_missing(offline_hub: Path) -> None
     assert quality.feature_metrics == () and quality.primary_metric == "val/swd"
     with pytest.raises(RuntimeError, match="require_fid"):
         QualityMetrics(require_fid=True, **settings)
+
+
+# -- evaluation leaves the training's random streams alone ------------------------------------
+EXTRACTORS = ["tiny", pytest.param("inception", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(scope="module", params=EXTRACTORS)
+def extractor(request: pytest.FixtureRequest, tmp_path_factory) -> nn.Module:
+    """TinyExtractor, and the real Inception architecture with random weights (offline)."""
+    if request.param == "tiny":
+        return TinyExtractor()
+    weights = inception.save_random_inception_weights(tmp_path_factory.mktemp("w") / "w.pth")
+    return inception.load_inception(weights)
+
+
+def full_evaluation(extractor: nn.Module, device: str) -> dict[str, float]:
+    """FID, KID, MiFID and SWD of 12 generated against 12 real images, as a run evaluates."""
+    images = torch.cat([shapes(12, seed=0), shapes(12, seed=1)]).to(device)
+    num_features = getattr(extractor, "num_features", inception.NUM_FEATURES)
+    ev = QualityEvaluator(
+        32, extractor, num_features, FEATURE_METRICS, kid_subsets=5, kid_subset_size=8,
+        swd_patches_per_image=8, swd_directions=32,
+    ).to(device)  # fmt: skip
+    ev.update(images[:12], real=True)
+    ev.update(images[12:], real=False)
+    return ev.compute()
+
+
+def random_states() -> tuple:
+    return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
+def test_evaluation_leaves_every_random_stream_untouched(
+    extractor: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No global generator is drawn from or reseeded (torch.manual_seed reseeds every CUDA one)."""
+    seeded = []
+    for name in ("manual_seed", "manual_seed_all"):
+        monkeypatch.setattr(torch.cuda, name, lambda seed, name=name: seeded.append(name))
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    seeded.clear()
+    before = random_states()
+    first = full_evaluation(extractor, "cpu")
+    after = random_states()
+    assert seeded == []  # no CUDA generator reseeded
+    assert torch.equal(before[0], after[0])
+    assert np.array_equal(before[1], after[1]) and before[2] == after[2]
+    assert {"fid", "kid", "mifid", "swd"} <= set(first)
+    assert full_evaluation(extractor, "cpu")["kid"] == first["kid"]  # subsets are seeded
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_evaluation_on_cuda_leaves_the_cuda_generator_untouched(extractor: nn.Module) -> None:
+    torch.cuda.manual_seed_all(7)
+    before, cpu_before = torch.cuda.get_rng_state(), torch.get_rng_state()
+    first = full_evaluation(extractor.cuda(), "cuda")
+    assert torch.equal(torch.cuda.get_rng_state(), before)
+    assert torch.equal(torch.get_rng_state(), cpu_before)
+    assert full_evaluation(extractor, "cuda")["kid"] == first["kid"]

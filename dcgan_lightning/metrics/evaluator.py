@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance, poly_mmd
 from torchmetrics.image.mifid import MemorizationInformedFrechetInceptionDistance
 from torchmetrics.utilities.data import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
@@ -69,21 +69,27 @@ def _mean_cov(total: Tensor, outer_total: Tensor, n: int) -> tuple[Tensor, Tenso
 
 
 class KID(KernelInceptionDistance):
-    """KID whose subset size shrinks to the sample counts and whose subsets are seeded.
+    """torchmetrics' KID, its subsets drawn from a private generator, their size capped.
 
-    Seeded so curves do not jitter from subset draws, and in a forked RNG so evaluating does not
-    change the training's random stream.
+    Seeded, so curves do not jitter from subset draws; private, so an evaluation neither draws
+    from nor reseeds the training's generators (`torch.manual_seed` would reseed every CUDA one).
+    The subset size shrinks to the sample counts instead of raising.
     """
 
+    seed = 0
+
     def compute(self) -> tuple[Tensor, Tensor]:
+        # torchmetrics' compute, with `generator=` on its randperm calls.
         real, fake = dim_zero_cat(self.real_features), dim_zero_cat(self.fake_features)
-        requested, self.subset_size = self.subset_size, min(self.subset_size, len(real), len(fake))
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                return super().compute()
-        finally:
-            self.subset_size = requested
+        size = min(self.subset_size, len(real), len(fake))
+        generator = torch.Generator().manual_seed(self.seed)
+        scores = []
+        for _ in range(self.subsets):
+            f_real = real[torch.randperm(len(real), generator=generator)[:size].to(real.device)]
+            f_fake = fake[torch.randperm(len(fake), generator=generator)[:size].to(fake.device)]
+            scores.append(poly_mmd(f_real, f_fake, self.degree, self.gamma, self.coef))
+        stacked = torch.stack(scores)
+        return stacked.mean(), stacked.std(unbiased=False)
 
 
 def _distributed() -> bool:
