@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -258,15 +259,21 @@ def test_second_run_skips_the_real_feature_pass(
     weights = f"metrics.feature_extractor_weights_path={tmp_path / 'weights.pth'}"
     first = make_cfg(*metric_overrides(tmp_path, weights), "trainer.num_sanity_val_steps=1")
     first_metrics = train(first)
-    assert tiny_inception.images_seen == 32 + 32  # real + generated; the sanity check fed nothing
+    # real + generated + nearest.png's 16 samples; the sanity check fed nothing
+    assert tiny_inception.images_seen == 32 + 32 + 16
+    prdc = {"val/precision", "val/recall", "val/density", "val/coverage"}
+    assert prdc | {"val/nn_ratio"} <= set(first_metrics)  # from the same features
+    result = json.loads((Path(first.paths.output_dir) / "metrics.json").read_text())
+    assert prdc <= set(result["metrics"])  # what the sweep summary tabulates
+    assert (Path(first.paths.output_dir) / "plots" / "nearest.png").is_file()
     cached = list((tmp_path / "cache").glob("real_features_*.pt"))
     assert len(cached) == 1 and torch.load(cached[0])["features"].shape == (32, 16)
 
     tiny_inception.images_seen = 0
     second = tiny(compose_config(metric_overrides(tmp_path, weights), tmp_path / "second"))
     second_metrics = train(second)  # another run dir, the same cache dir
-    assert tiny_inception.images_seen == 32  # generated images only
-    for key in ("val/fid", "val/kid", "val/swd"):
+    assert tiny_inception.images_seen == 32 + 16  # generated images only
+    for key in ("val/fid", "val/kid", "val/swd", "val/precision", "val/nn_ratio"):
         assert second_metrics[key] == pytest.approx(first_metrics[key], rel=1e-6)
 
 
@@ -284,6 +291,8 @@ def test_missing_weights_warn_and_train_with_swd_only(make_cfg, offline_hub: Pat
         metrics = train(cfg)
     assert sum("No Inception weights" in str(w.message) for w in record) == 1
     assert "val/swd" in metrics and "val/fid" not in metrics and "val/kid" not in metrics
+    assert "val/precision" not in metrics and metrics["val/nn_ratio"] > 0  # nn in pixel space
+    assert (Path(cfg.paths.output_dir) / "plots" / "nearest.png").is_file()
     best = list((Path(cfg.paths.output_dir) / "checkpoints").glob("best_epoch_*.ckpt"))
     assert len(best) == 1
     saved = torch.load(best[0], weights_only=True)

@@ -22,6 +22,13 @@ FIGURES = {
     "discriminator": {"train/d_real": "D(x)", "train/d_fake": "D(G(z))"},
     "losses": {"train/loss_d": "D loss", "train/loss_g": "G loss"},
 }
+# Metrics drawn in one panel of metrics.png (same scale); every other metric gets its own.
+SHARED_PANELS = {
+    "precision / recall / density / coverage": (
+        "val/precision", "val/recall", "val/density", "val/coverage"
+    ),
+}  # fmt: skip
+PANELS_PER_ROW = 4
 
 
 class TrainingPlots(Callback):
@@ -96,23 +103,37 @@ class TrainingPlots(Callback):
         return self._save(fig, name)
 
     def _draw_metrics(self, keys: list[str]) -> Path:
-        # One panel per metric (different scales); SWD's per-level values share the SWD panel.
-        panels = [k for k in keys if not k.endswith("px")]
-        fig = Figure(figsize=(4 * len(panels), 3.5), layout="constrained")
-        for ax, key in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-            x, y = zip(*self.history[key])
-            ax.plot(x, y, "o-", color="C0", label=key)
-            if std := self.history.get(f"{key}_std"):
-                lo = [v - s for v, (_, s) in zip(y, std)]
-                hi = [v + s for v, (_, s) in zip(y, std)]
-                ax.fill_between(x, lo, hi, color="C0", alpha=0.2)
-            for i, level in enumerate(k for k in keys if k.startswith(f"{key}_")):
-                ax.plot(*zip(*self.history[level]), ".--", color=f"C{i + 1}", label=level)
+        # One panel per metric (different scales), PANELS_PER_ROW to a row; SWD's per-level values
+        # share the SWD panel, precision/recall/density/coverage one panel.
+        shared = {key: title for title, group in SHARED_PANELS.items() for key in group}
+        panels = list(dict.fromkeys(shared.get(k, k) for k in keys if not k.endswith("px")))
+        rows, cols = -(-len(panels) // PANELS_PER_ROW), min(len(panels), PANELS_PER_ROW)
+        fig = Figure(figsize=(4 * cols, 3.5 * rows), layout="constrained")
+        axes = fig.subplots(rows, cols, squeeze=False).flatten()
+        for ax, panel in zip(axes, panels):
+            if panel in SHARED_PANELS:
+                for i, key in enumerate(k for k in SHARED_PANELS[panel] if k in keys):
+                    ax.plot(*zip(*self.history[key]), "o-", color=f"C{i}", label=key)
+            else:
+                self._draw_metric(ax, panel, keys)
             ax.set_xlabel("epoch")
-            ax.set_title(key)
+            ax.set_title(panel)
             if len(ax.get_lines()) > 1:
                 ax.legend(fontsize="small")
+        for ax in axes[len(panels) :]:
+            ax.set_axis_off()
         return self._save(fig, "metrics")
+
+    def _draw_metric(self, ax: Any, key: str, keys: list[str]) -> None:
+        """One metric, its +/- std band, and its per-level values (SWD)."""
+        x, y = zip(*self.history[key])
+        ax.plot(x, y, "o-", color="C0", label=key)
+        if std := self.history.get(f"{key}_std"):
+            lo = [v - s for v, (_, s) in zip(y, std)]
+            hi = [v + s for v, (_, s) in zip(y, std)]
+            ax.fill_between(x, lo, hi, color="C0", alpha=0.2)
+        for i, level in enumerate(k for k in keys if k.startswith(f"{key}_")):
+            ax.plot(*zip(*self.history[level]), ".--", color=f"C{i + 1}", label=level)
 
     def _save(self, fig: Figure, name: str) -> Path:
         path = self.dirpath / f"{name}.png"

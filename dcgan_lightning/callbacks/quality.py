@@ -1,5 +1,6 @@
-"""Quality metrics every `eval_every_n_epochs` (val/fid, val/kid, val/mifid, val/swd) and the
-checkpoint of the best epoch by them.
+"""Quality metrics every `eval_every_n_epochs` (val/fid, val/kid, val/mifid, val/precision,
+val/recall, val/density, val/coverage, val/swd, val/nn_ratio, plots/nearest.png) and the checkpoint
+of the best epoch by them.
 
 The validation loop carries the work: the datamodule yields a fixed subset of `num_samples` real
 images (split across ranks), `GAN.validation_step` generates as many images, this callback feeds
@@ -20,11 +21,14 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from dcgan_lightning.callbacks.nearest import draw_nearest
+from dcgan_lightning.callbacks.samples import log_image
 from dcgan_lightning.metrics import cache, inception
 from dcgan_lightning.metrics.evaluator import QualityEvaluator, to_uint8
 
 log = logging.getLogger(__name__)
 SWD_MAX_PATCHES_PER_IMAGE = 128  # ProGAN's count: more would mostly repeat neighbourhoods
+NEAREST_SHOWN = 3  # training images beside each sample in plots/nearest.png
 
 
 class QualityMetrics(Callback):
@@ -46,6 +50,10 @@ class QualityMetrics(Callback):
         swd: bool = True,
         swd_patches_per_level: int = 32768,
         swd_directions: int = 512,
+        prdc: bool = True,
+        distance_chunk: int = 1024,
+        nearest_samples: int = 16,
+        plots_dir: str | None = None,
         cache_dir: str | None = None,
     ) -> None:
         if num_samples < 2:
@@ -60,8 +68,10 @@ class QualityMetrics(Callback):
             swd_directions,
         )
         self.cache_dir = cache_dir
+        self.distance_chunk, self.nearest_samples = distance_chunk, nearest_samples
+        self.plots_dir = Path(plots_dir) if plots_dir else None
         self.requested_feature_metrics = tuple(
-            m for m, on in (("fid", fid), ("kid", kid), ("mifid", mifid)) if on
+            m for m, on in (("fid", fid), ("kid", kid), ("mifid", mifid), ("prdc", prdc)) if on
         )
         self.feature_metrics = self.requested_feature_metrics
         self.extractor, self.extractor_id = None, None
@@ -136,6 +146,8 @@ class QualityMetrics(Callback):
                 SWD_MAX_PATCHES_PER_IMAGE, -(-self.swd_patches_per_level // n)
             ),
             swd_directions=self.swd_directions,
+            distance_chunk=self.distance_chunk,
+            nearest=self.nearest_samples > 0,
         ).to(pl_module.device)
         self.real_done = False
         self._cache_settings = {
@@ -213,7 +225,22 @@ class QualityMetrics(Callback):
             values = self.evaluator.compute()
             # Equal on every rank already; the mean over ranks keeps them (and Lightning quiet).
             pl_module.log_dict({f"val/{k}": v for k, v in values.items()}, sync_dist=True)
+            if self.nearest_samples and self.plots_dir is not None:
+                self._draw_nearest(trainer, pl_module)
         self.evaluator.reset()
+
+    def _draw_nearest(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """plots/nearest.png: fixed-noise samples and their 3 nearest images of the real subset."""
+        samples = to_uint8(pl_module.generate(pl_module.fixed_noise[: self.nearest_samples]))
+        if not trainer.is_global_zero:  # the reference was gathered in compute(): no collective
+            return
+        features = self.evaluator.nn_features(samples)
+        _, index = self.evaluator.nearest_real().nearest(features, NEAREST_SHOWN)
+        real = trainer.val_dataloaders.dataset[index.flatten().cpu()]
+        neighbours = real.view(*index.shape, *real.shape[1:]).to(samples.device)
+        path = self.plots_dir / "nearest.png"
+        draw_nearest(samples, neighbours, self.evaluator.nn_space, path)
+        log_image(trainer, "plots/nearest", path)
 
     def _finish_real_pass(self, trainer: pl.Trainer) -> None:
         """Real statistics are final after the first evaluation; a complete pass is cached."""
