@@ -141,13 +141,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+DDP_SETTINGS = {"swd_patches_per_image": 16, "feature_metrics": FEATURE_METRICS, "nearest": True}
+
+
 def ddp_worker(rank: int, world: int, port: int, tmp: str) -> None:
     """One gloo rank: its share of real and fake images (rows r, r + W, ...), as the val sampler."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         data = torch.load(Path(tmp) / "images.pt")
-        ev = tiny_evaluator(swd_patches_per_image=16)
+        ev = tiny_evaluator(**DDP_SETTINGS)
         batch = 16 if rank == 0 else 64  # different numbers of updates per rank
         for chunk in data["real"][rank::world].split(batch):
             ev.update(chunk, real=True)
@@ -167,7 +170,7 @@ def test_two_processes_give_the_single_process_values(tmp_path: Path) -> None:
     mp.spawn(ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
     two = torch.load(tmp_path / "out.pt")
 
-    single = tiny_evaluator(swd_patches_per_image=16)
+    single = tiny_evaluator(**DDP_SETTINGS)
     single.update(real, real=True)
     single.update(fake, real=False)
     one = single.compute()
@@ -175,8 +178,9 @@ def test_two_processes_give_the_single_process_values(tmp_path: Path) -> None:
     assert two["values"]["fid"] == pytest.approx(one["fid"], rel=1e-9)
     # KID draws random subsets from the gathered features, whose order depends on the world size.
     assert abs(two["values"]["kid"] - one["kid"]) < 4 * one["kid_std"]
-    for key in ("swd", "swd_32px", "swd_16px"):
+    for key in ("swd", "swd_32px", "swd_16px", "precision", "recall", "density", "coverage"):
         assert two["values"][key] == pytest.approx(one[key], rel=1e-5)
+    assert two["values"]["nn_ratio"] == pytest.approx(one["nn_ratio"], rel=1e-5)
     # Gathered real features come back in dataset order: the cache is the same for any world size.
     assert torch.allclose(two["features"], single.gather_real_features())
 
