@@ -41,20 +41,22 @@ def prdc(
         raise ValueError("precision/recall/density/coverage need at least 2 real and 2 fake")
     r_pr, r_dc = real_radii if real_radii is not None else radii(real, (k_pr, k_dc), chunk)
     (f_pr,) = radii(fake, (k_pr,), chunk)
+    # One pass over fake-to-real distances, fake rows in blocks; recall and coverage accumulate
+    # over the blocks per real column.
     in_real_ball, in_dc_balls = [], []
-    for _, d in distance_blocks(fake, real, chunk):
+    in_fake_ball = torch.zeros(len(real), dtype=torch.bool, device=real.device)
+    nearest_fake = torch.full((len(real),), torch.inf, device=real.device)
+    for rows, d in distance_blocks(fake, real, chunk):
         in_real_ball.append((d <= r_pr).any(dim=1))
         in_dc_balls.append((d <= r_dc).sum(dim=1))
-    in_fake_ball, covered = [], []
-    for rows, d in distance_blocks(real, fake, chunk):
-        in_fake_ball.append((d <= f_pr).any(dim=1))
-        covered.append(d.min(dim=1).values <= r_dc[rows])
+        in_fake_ball |= (d <= f_pr[rows, None]).any(dim=0)
+        nearest_fake = torch.minimum(nearest_fake, d.min(dim=0).values)
     k_dc = min(k_dc, len(real) - 1)
     return {
         "precision": torch.cat(in_real_ball).double().mean(),
-        "recall": torch.cat(in_fake_ball).double().mean(),
+        "recall": in_fake_ball.double().mean(),
         "density": torch.cat(in_dc_balls).double().mean() / k_dc,
-        "coverage": torch.cat(covered).double().mean(),
+        "coverage": (nearest_fake <= r_dc).double().mean(),
     }
 
 
