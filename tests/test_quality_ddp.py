@@ -127,7 +127,8 @@ def test_cache_only_rank_0_can_see_is_shared_with_every_rank(
     assert {"fid", "kid", "swd"} <= set(r0["computed"][0])
     assert r0["logged"] == r1["logged"] and "val/fid" in r0["logged"]
     # Neither rank ran its extractor on real images: rank 1 got rank 0's cached features.
-    assert r0["seen"] == r1["seen"] == 16  # its half of the 32 generated images
+    assert r1["seen"] == 16  # its half of the 32 generated images
+    assert r0["seen"] == 16 + 16  # and the 16 samples of nearest.png
     assert not (tmp_path / "empty").exists()  # and rank 1 wrote no second cache
 
 
