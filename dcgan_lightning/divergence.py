@@ -1,9 +1,13 @@
 """What a NaN or infinite loss does to a run (`model.on_nonfinite`): `stop` it with the step and the
 last good checkpoint named, or `skip` that optimizer update with a warning.
 
-Checked before each backward, so no non-finite gradient reaches the weights and no checkpoint
-written afterwards holds NaNs. Under DDP the ranks vote: one rank's NaN stops or skips the step on
-every rank, so no rank steps or all-reduces alone.
+`stop` costs nothing per step: each loss is checked on the device into a flag (no host sync, no
+collective), and the flag is read, and reduced over the ranks, only at log intervals, at the end
+of each epoch and before every checkpoint is written. A diverged run may therefore take up to
+`log_every_n_steps` more (non-finite) steps, but it never writes a checkpoint after the first bad
+loss, and it stops naming that loss's global step. `skip` has to decide before each update, so it
+reads every loss on the host (and, under DDP, takes one vote of all ranks per step): it is the
+slower policy, for runs that must go on.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from __future__ import annotations
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import nn
 
 POLICIES = ("stop", "skip")
+LOSS_NAMES = ("loss_d", "loss_g")
 
 
 class DivergedError(FloatingPointError):
@@ -26,24 +32,69 @@ def last_good_checkpoint(trainer: Trainer) -> str:
     return written or trainer.ckpt_path or ""
 
 
-def finite_loss(trainer: Trainer, loss: torch.Tensor, name: str, policy: str) -> bool:
-    """True when `loss` is finite on every rank; otherwise raise (`stop`) or warn and return False
-    (`skip`: the caller leaves out this backward and optimizer step)."""
-    finite = trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss).all()), all=True)
-    if finite:
+class NonFiniteGuard(nn.Module):
+    """Records, on the device, the first non-finite loss of the run: its global step and value."""
+
+    def __init__(self, policy: str) -> None:
+        super().__init__()
+        if policy not in POLICIES:
+            raise ValueError(f"on_nonfinite must be one of {POLICIES}, got {policy!r}")
+        self.policy = policy
+        # [global step counter, first bad step (-1: none), index of the bad loss]; not checkpointed
+        self.register_buffer("steps", torch.tensor([0, -1, -1]), persistent=False)
+        self.register_buffer("bad_value", torch.zeros(()), persistent=False)
+        self.register_buffer("loss_ids", torch.arange(len(LOSS_NAMES)), persistent=False)
+
+    def start(self, global_step: int) -> None:
+        """Align the device step counter with the trainer's (at the start of fit and on resume)."""
+        self.steps[0].fill_(global_step)
+        self.steps[1:].fill_(-1)
+
+    def finite(self, trainer: Trainer, loss: torch.Tensor, name: str) -> bool:
+        """Whether the caller should backward and step. `stop`: always (checked later, sync-free);
+        `skip`: False, with a warning, when `loss` is not finite on some rank."""
+        if self.policy == "skip":
+            return self._vote(trainer, loss, name)
+        bad = ~torch.isfinite(loss.detach()) & (self.steps[1] < 0)
+        here = torch.stack([self.steps[0], self.loss_ids[LOSS_NAMES.index(name)]])
+        self.steps[1:] = torch.where(bad, here, self.steps[1:])
+        self.bad_value.copy_(torch.where(bad, loss.detach().float(), self.bad_value))
         return True
-    where = (
-        f"Non-finite {name} ({loss.item()}) at global step {trainer.global_step} "
-        f"(epoch {trainer.current_epoch}, batch {trainer.fit_loop.epoch_loop.batch_idx})"
-    )
-    if policy == "skip":
-        rank_zero_warn(f"{where}: skipped this optimizer step (model.on_nonfinite=skip).")
-        return False
-    ckpt = last_good_checkpoint(trainer)
-    back = f"Last good checkpoint: {ckpt}; resume with ckpt_path={ckpt}"
-    if not ckpt:
-        back = "No checkpoint was written before it; start again"
-    raise DivergedError(
-        f"{where}: training stopped. {back}, perhaps with model.grad_clip_norm set, or with "
-        "model.on_nonfinite=skip to skip such steps."
-    )
+
+    def stepped(self) -> None:
+        """Count one optimizer step (skipped or not, as Lightning's global_step does)."""
+        self.steps[0].add_(1)
+
+    def check(self, trainer: Trainer) -> None:
+        """Raise `DivergedError` on every rank when any rank saw a non-finite loss. One host sync
+        and, under DDP, one collective: call it at log intervals, never per step."""
+        if self.policy != "stop":
+            return
+        record = torch.cat([self.steps[1:].double(), self.bad_value.double().view(1)])
+        if trainer.world_size > 1:
+            record = trainer.strategy.all_gather(record)
+        records = record.view(-1, 3).cpu()
+        bad = records[records[:, 0] >= 0]
+        if not len(bad):
+            return
+        step, which, value = bad[bad[:, 0].argmin()].tolist()  # the earliest of any rank
+        ckpt = last_good_checkpoint(trainer)
+        back = f"Last good checkpoint: {ckpt}; resume with ckpt_path={ckpt}"
+        if not ckpt:
+            back = "No checkpoint was written before it; start again"
+        raise DivergedError(
+            f"Non-finite {LOSS_NAMES[int(which)]} ({value}) at global step {int(step)} (detected "
+            f"at epoch {trainer.current_epoch}): training stopped. {back}, perhaps with "
+            "model.grad_clip_norm set, or with model.on_nonfinite=skip to skip such steps."
+        )
+
+    def _vote(self, trainer: Trainer, loss: torch.Tensor, name: str) -> bool:
+        local = bool(torch.isfinite(loss).all())
+        finite = trainer.strategy.reduce_boolean_decision(local, all=True)
+        if not finite:
+            where = (
+                f"Non-finite {name} ({loss.item()}) at global step {trainer.global_step} "
+                f"(epoch {trainer.current_epoch}, batch {trainer.fit_loop.epoch_loop.batch_idx})"
+            )
+            rank_zero_warn(f"{where}: skipped this optimizer step (model.on_nonfinite=skip).")
+        return finite

@@ -1,12 +1,15 @@
 """`python -m dcgan_lightning.generate ckpt_path=PATH [key=value ...]`: images from a trained GAN.
 
 One run writes one kind of output: `num_images` image files (default), one grid (`grid=true`), a
-latent walk (`interpolate=true`) or a zip of JPEGs (`zip=images.zip`, Kaggle's layout).
+latent walk (`interpolate=true`) or a zip of JPEGs (`zip=images.zip`, Kaggle's layout). The
+settings that made the images (checkpoint, seed, truncation, ...) are recorded with them: in
+`generation.json` beside the files, as the comment of a zip, and inside grid and walk images.
 See conf/generate.yaml for every option.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -31,12 +34,14 @@ from dcgan_lightning.generation.images import (
 )
 from dcgan_lightning.generation.latent import METHODS, latent_walk
 from dcgan_lightning.generation.loading import TrainedGenerator, load_generator
+from dcgan_lightning.generation.noise import check_truncation
 
 log = logging.getLogger(__name__)
 
 MODES = ("zip", "grid", "interpolate")
+RECORD = "generation.json"  # the settings that made the images in a folder
 # Files a previous run may have left in `out`: `overwrite=true` replaces exactly these.
-OUR_FILES = re.compile(r"^(\d{6,}|grid|linear|slerp)\.(png|jpg|gif)$")
+OUR_FILES = re.compile(rf"^((\d{{6,}}|grid|linear|slerp)\.(png|jpg|gif)|{re.escape(RECORD)})$")
 
 
 def output_mode(cfg: DictConfig) -> str:
@@ -89,14 +94,19 @@ def render(
 
 
 def sample_images(
-    generator: TrainedGenerator, n: int, seed: int, batch_size: int, size: int | None = None
+    generator: TrainedGenerator,
+    n: int,
+    seed: int,
+    batch_size: int,
+    size: int | None = None,
+    truncation: float | None = None,
 ) -> Iterator[Image.Image]:
     """Image i comes from the i-th z of a CPU RNG seeded with `seed`, whatever the batch size."""
     rng = torch.Generator().manual_seed(seed)
     with Progress(*Progress.get_default_columns(), MofNCompleteColumn()) as bar:
         task = bar.add_task("Generating", total=n)
         for start in range(0, n, batch_size):
-            z = generator.sample_noise(min(batch_size, n - start), rng)
+            z = generator.sample_noise(min(batch_size, n - start), rng, truncation)
             for image in render(generator, z, batch_size, size):
                 yield image
                 bar.advance(task)
@@ -109,25 +119,47 @@ def walk_images(
     method: str,
     batch_size: int,
     size: int | None = None,
+    truncation: float | None = None,
 ) -> list[Image.Image]:
     """Frames walking through the first z of each seed: row k goes from seeds[k] to seeds[k+1]."""
     anchors = torch.cat(
-        [generator.sample_noise(1, torch.Generator().manual_seed(s)) for s in seeds]
+        [generator.sample_noise(1, torch.Generator().manual_seed(s), truncation) for s in seeds]
     )
     z = latent_walk(anchors, steps, method).flatten(0, 1)
     return list(render(generator, z, batch_size, size))
 
 
-def write_walks(generator: TrainedGenerator, cfg: DictConfig, out: Path, fmt: str) -> None:
+def write_walks(
+    generator: TrainedGenerator, cfg: DictConfig, out: Path, fmt: str, record: str
+) -> None:
     """Per method, a grid (a row per pair of seeds) and a GIF that walks there and back."""
     seeds, steps = list(cfg.walk_seeds), cfg.walk_steps
     out.mkdir(parents=True, exist_ok=True)
     for method in METHODS:
-        frames = walk_images(generator, seeds, steps, method, cfg.batch_size, cfg.size)
-        (out / f"{method}.{fmt}").write_bytes(encode(grid(frames, nrow=steps), fmt))
+        frames = walk_images(
+            generator, seeds, steps, method, cfg.batch_size, cfg.size, cfg.truncation
+        )
+        (out / f"{method}.{fmt}").write_bytes(encode(grid(frames, nrow=steps), fmt, record))
         # Each row's first frame repeats the previous row's last: keep it once.
         path = [f for i, f in enumerate(frames) if i == 0 or i % steps != 0]
-        save_gif(path + path[-2:0:-1], out / f"{method}.gif")
+        save_gif(path + path[-2:0:-1], out / f"{method}.gif", record)
+
+
+def settings(cfg: DictConfig, generator: TrainedGenerator, mode: str) -> str:
+    """What made the images, as JSON: enough to make them again (not batch_size: no effect)."""
+    made = {
+        "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+        "ema": generator.ema,
+        "noise": generator.noise,
+        "truncation": cfg.truncation,
+        "mode": mode,
+        "size": cfg.size or generator.image_size,
+    }
+    if mode == "interpolate":
+        made |= {"walk_seeds": list(cfg.walk_seeds), "walk_steps": cfg.walk_steps}
+    else:
+        made |= {"seed": cfg.seed, "num_images": cfg.num_images}
+    return json.dumps(made, indent=2)
 
 
 def check_options(cfg: DictConfig, mode: str) -> None:
@@ -139,6 +171,7 @@ def check_options(cfg: DictConfig, mode: str) -> None:
         raise ValueError(f"size must be a positive number of pixels, got {cfg.size}")
     if mode == "interpolate" and (len(cfg.walk_seeds) < 2 or cfg.walk_steps < 2):
         raise ValueError("interpolate=true needs at least 2 walk_seeds and walk_steps >= 2")
+    check_truncation(cfg.truncation, "normal")  # the noise-law check waits for the checkpoint
 
 
 def generate(cfg: DictConfig) -> Path:
@@ -147,6 +180,7 @@ def generate(cfg: DictConfig) -> Path:
     check_options(cfg, mode)
     ckpt_path = Path(cfg.ckpt_path)
     generator = load_generator(ckpt_path, resolve_device(cfg.device), cfg.ema)
+    check_truncation(cfg.truncation, generator.noise)
     fmt = cfg.format or ("jpg" if mode == "zip" else "png")
     dest = Path(cfg.zip) if mode == "zip" else Path(cfg.out or default_out(ckpt_path))
     claim(dest, cfg.overwrite, is_zip=mode == "zip")
@@ -159,20 +193,25 @@ def generate(cfg: DictConfig) -> Path:
             cfg.size,
         )
 
+    record = settings(cfg, generator, mode)
     if mode == "interpolate":
-        write_walks(generator, cfg, dest, fmt)
+        write_walks(generator, cfg, dest, fmt, record)
     else:
-        images = sample_images(generator, cfg.num_images, cfg.seed, cfg.batch_size, cfg.size)
+        images = sample_images(
+            generator, cfg.num_images, cfg.seed, cfg.batch_size, cfg.size, cfg.truncation
+        )
         if mode == "grid":
             dest.mkdir(parents=True, exist_ok=True)
             images = list(images)
             nrow = math.ceil(math.sqrt(len(images)))  # a near-square grid
-            (dest / f"grid.{fmt}").write_bytes(encode(grid(images, nrow), fmt))
+            (dest / f"grid.{fmt}").write_bytes(encode(grid(images, nrow), fmt, record))
         else:
             width = max(6, len(str(cfg.num_images - 1)))
-            with ImageWriter(dest, fmt, as_zip=mode == "zip") as writer:
+            with ImageWriter(dest, fmt, mode == "zip", comment=record) as writer:
                 for i, image in enumerate(images):
                     writer.add(f"{i:0{width}d}", image)
+    if mode != "zip":  # a zip carries it as its comment: Kaggle's zip holds images only
+        (dest / RECORD).write_text(record + "\n")
     log.info("Wrote %s", dest)
     return dest
 

@@ -8,8 +8,11 @@ machine that trains.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from omegaconf import OmegaConf
+from lightning.pytorch.plugins.precision import MixedPrecision
+from omegaconf import DictConfig, OmegaConf
 
 
 def _cpu_has_bf16() -> bool:
@@ -28,6 +31,20 @@ def amp_precision(device: str) -> str:
     if device == "cpu":
         return "bf16-mixed" if _cpu_has_bf16() else "32-true"
     raise ValueError(f"amp_precision takes 'cpu' or 'gpu', got {device!r}")
+
+
+def trainer_precision(trainer_cfg: DictConfig) -> dict[str, Any]:
+    """Overrides for the Trainer that make `16-mixed` on a CPU real fp16.
+
+    Lightning turns `precision=16-mixed` on a CPU into bf16, so the GradScaler path that GPUs
+    without bf16 take (V100, T4) would never run off a GPU. torch has fp16 autocast and a GradScaler
+    on CPUs: this passes Lightning a `MixedPrecision` plugin built with one, shared by both
+    optimizers. Slow, but the same code path: for debugging, like `trainer=ddp_sim` for DDP.
+    """
+    if trainer_cfg.get("accelerator") != "cpu" or str(trainer_cfg.get("precision")) != "16-mixed":
+        return {}
+    scaler = torch.amp.GradScaler("cpu")
+    return {"precision": None, "plugins": [MixedPrecision("16-mixed", "cpu", scaler=scaler)]}
 
 
 def register_resolvers() -> None:

@@ -20,9 +20,12 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-# D only ever runs in training mode, so nothing reads its BatchNorm running statistics: syncing
-# them before each of its two forwards per step is latency for nothing. Older torch (no
-# `forward_sync_buffers`) keeps syncing: its `broadcast_buffers=False` would skip the sync at init.
+# DDP broadcasts rank 0's buffers (BatchNorm statistics) before every forward: a collective per
+# step, and the ranks' statistics still drift apart as each updates them with its own batch.
+# Nothing reads them during training (D and G train in training mode), so `sync_buffers` brings
+# every rank to rank 0's statistics where they are read instead: before evaluation and at the end
+# of each epoch. Older torch (no `forward_sync_buffers`) keeps the per-forward broadcast: its
+# `broadcast_buffers=False` would also skip the sync at init.
 _NO_FORWARD_BUFFER_SYNC = (
     {"forward_sync_buffers": False}
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
@@ -50,7 +53,7 @@ class GANDDPStrategy(DDPStrategy):
             raise ValueError("GANDDPStrategy takes no ddp_comm_hook: G and D have a DDP each")
         module = self.lightning_module
         module.train_nets = {
-            "G": self._wrap(module.generator),
+            "G": self._wrap(module.generator, **_NO_FORWARD_BUFFER_SYNC),
             "D": self._wrap(module.discriminator, **_NO_FORWARD_BUFFER_SYNC),
         }
 
@@ -68,3 +71,20 @@ class GANDDPStrategy(DDPStrategy):
         if module is not None:
             module.train_nets = {"G": module.generator, "D": module.discriminator}
         super().teardown()
+
+
+def sync_buffers(module: nn.Module) -> None:
+    """Give every rank rank 0's buffers of G, D and the EMA generator (BatchNorm statistics,
+    spectral-norm vectors) and its fixed sample noise: samples and metrics on every rank then come
+    from the model rank 0 checkpoints. Collective under DDP (every rank calls it); a no-op in one
+    process."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if torch.distributed.get_world_size() == 1:
+        return
+    nets = [module.generator, module.discriminator, module.ema_generator]
+    buffers = [module.fixed_noise, *(b for net in nets if net is not None for b in net.buffers())]
+    if buffers:
+        torch.distributed._broadcast_coalesced(
+            torch.distributed.group.WORLD, buffers, 256 * 2**20, 0
+        )

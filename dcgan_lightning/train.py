@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dcgan_lightning.checkpoint_io import AtomicCheckpointIO, ensure_writable
 from dcgan_lightning.loggers import finish_wandb, start_loggers
+from dcgan_lightning.precision import trainer_precision
 from dcgan_lightning.resume import check_compatible, resolve_ckpt_path
 from dcgan_lightning.sweep import rerun_this_job_for_ddp_ranks, write_result
 
@@ -63,7 +64,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = start_loggers(instantiate_dict(cfg.get("logger")), resolved, str(output_dir))
     try:
         rerun_this_job_for_ddp_ranks()
-        trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        precision = trainer_precision(cfg.trainer)  # 16-mixed on a CPU: real fp16
+        trainer: pl.Trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, **precision
+        )
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:

@@ -17,10 +17,12 @@ import torch
 from PIL import Image
 
 from dcgan_lightning.data import cache, decode, download
+from dcgan_lightning.data.base import ImageDataModule
 from dcgan_lightning.data.celeba import CelebADataModule
 from dcgan_lightning.data.download import MissingDataError
 from dcgan_lightning.data.fashion_mnist import FashionMNISTDataModule
 from dcgan_lightning.data.image_folder import ImageFolderDataModule
+from dcgan_lightning.errors import UserError
 
 RNG = np.random.default_rng(0)
 
@@ -319,6 +321,66 @@ def test_damaged_cache_file_is_a_miss(tmp_path, decode_calls) -> None:
     assert len(fresh.load_images()) == 2 and len(decode_calls) == 4
 
 
+def test_a_subset_run_keeps_the_full_sets_cache(tmp_path, decode_calls) -> None:
+    """A `max_images` try, or another CelebA split, is another set: not a stale entry."""
+    write_images(tmp_path / "imgs", 6)
+    make = lambda **kw: ImageFolderDataModule(  # noqa: E731
+        root=tmp_path / "imgs", cache_dir=tmp_path / "cache", image_size=32, batch_size=2, **kw
+    )
+    full = make().load_images().clone()
+    make(max_images=3).load_images()
+    assert len(decode_calls) == 9 and len(list((tmp_path / "cache").glob("*.pt"))) == 2
+    cache.clear_memory()  # a new process: both hit on disk
+    assert torch.equal(make().load_images(), full)
+    assert torch.equal(make(max_images=3).load_images(), full[:3]) and len(decode_calls) == 9
+    write_celeba(tmp_path / "celeba", [0, 0, 1])
+    for split in ("train", "valid", "train", "valid"):
+        CelebADataModule(root=tmp_path / "celeba", split=split, cache_dir=tmp_path / "cache",
+                         image_size=32, batch_size=1).load_images()  # fmt: skip
+        cache.clear_memory()
+    assert len(decode_calls) == 9 + 3  # each split decoded once
+
+
+def test_disk_cache_is_memory_mapped(tmp_path: Path) -> None:
+    """Every rank of a machine maps the same file: one page-cache copy serves them all."""
+    write_images(tmp_path / "imgs", 4)
+    make = lambda: ImageFolderDataModule(  # noqa: E731
+        root=tmp_path / "imgs", cache_dir=tmp_path / "cache", image_size=32, batch_size=2
+    )
+    decoded = make().load_images()
+    (path,) = (tmp_path / "cache").glob("*.pt")
+    mapped = Path("/proc/self/maps").read_text()
+    assert str(path) in mapped  # the decoding process serves its images from the file too
+    cache.clear_memory()
+    del decoded
+    loaded = make().load_images()
+    assert str(path) in Path("/proc/self/maps").read_text() and loaded.shape == (4, 3, 32, 32)
+
+
+def test_decode_keeps_file_order_around_unreadable_files(tmp_path: Path, caplog) -> None:
+    write_images(tmp_path, 5)
+    (tmp_path / "001.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "003.jpg").write_bytes(b"")
+    files = decode.list_images(tmp_path)
+    with caplog.at_level(logging.INFO, logger="dcgan_lightning.data.decode"):
+        images, bad = decode.decode_images(files, 32, 3)
+    expected = [decode.decode_image(files[i], 32, 3) for i in (0, 2, 4)]
+    assert torch.equal(images, torch.from_numpy(np.stack(expected)).permute(0, 3, 1, 2))
+    assert images.is_contiguous() and bad == [files[1], files[3]]
+    progress = [r.getMessage() for r in caplog.records if "Decoded" in r.getMessage()]
+    assert progress and progress[-1].startswith("Decoded 5/5 images (100%)")
+
+
+def test_first_decode_says_where_the_cache_goes(tmp_path: Path, caplog) -> None:
+    write_images(tmp_path / "imgs", 2)
+    dm = ImageFolderDataModule(root=tmp_path / "imgs", cache_dir=tmp_path / "c", batch_size=1)
+    with caplog.at_level(logging.INFO):
+        dm.load_images()
+    (path,) = (tmp_path / "c").glob("*.pt")
+    assert any(str(path) in r.getMessage() and "Decoding 2 images" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+
+
 # -- CelebA ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kaggle", [False, True])
 def test_celeba_partition_and_crop(tmp_path: Path, kaggle: bool) -> None:
@@ -343,6 +405,19 @@ def test_celeba_plain_folder_of_faces(tmp_path: Path) -> None:
     dm.setup("fit")
     assert dm.images.shape == (3, 3, 64, 64)
     assert batch_of(dm).shape == (2, 3, 64, 64)
+
+
+def test_celeba_crop_is_for_the_aligned_layout_only(tmp_path: Path) -> None:
+    """Other faces (CelebA-HQ, 256x256) take the centre square, not a 178 px zoom on the eyes."""
+    face = np.zeros((256, 256, 3), np.uint8)
+    face[:, :39] = face[:, -39:] = (255, 0, 0)  # outside the centre 178 columns
+    face[:, 39:-39] = (0, 0, 255)
+    Image.fromarray(face).save(tmp_path / "hq.png")
+    dm = CelebADataModule(root=tmp_path, image_size=32, batch_size=1)  # crop=178 by default
+    red, _, blue = dm.load_images().float().mean((0, 2, 3))
+    assert abs(red - 255 * 78 / 256) < 10 and blue > 150  # the whole face, border included
+    plain = ImageFolderDataModule(root=tmp_path, image_size=32, batch_size=1)
+    assert torch.equal(dm.load_images(), plain.load_images())
 
 
 def test_celeba_missing_says_google_drive_fails_and_how(tmp_path, monkeypatch, no_network):
@@ -418,3 +493,61 @@ def test_unwritable_cache_dir_trains_uncached(tmp_path: Path, caplog) -> None:
         assert len(dm.load_images()) == 2
     assert any("Cannot write the image cache" in r.getMessage() for r in caplog.records)
     assert list(tmp_path.glob("**/.tmp-*")) == []
+
+
+# -- too little data per rank ------------------------------------------------------------------
+class TensorImages(ImageDataModule):
+    """A datamodule over a given tensor: the base class's checks without any files."""
+
+    def __init__(self, images: torch.Tensor, **kwargs) -> None:
+        super().__init__(image_size=images.shape[-1], channels=images.shape[1], **kwargs)
+        self.given = images
+
+    @property
+    def fingerprint(self) -> str:
+        return f"tensor-{len(self.given)}"
+
+    def load_images(self) -> torch.Tensor:
+        return self.given
+
+
+def with_trainer(dm: ImageDataModule, world_size: int) -> ImageDataModule:
+    """`dm` attached to a stand-in trainer of `world_size` ranks (all the checks read)."""
+    dm.trainer = types.SimpleNamespace(
+        world_size=world_size,
+        distributed_sampler_kwargs={"num_replicas": world_size, "rank": 0},
+        training=True,
+        strategy=types.SimpleNamespace(root_device=torch.device("cpu")),
+    )
+    return dm
+
+
+def test_too_few_images_per_rank_is_a_user_error_before_training() -> None:
+    images = torch.zeros(439, 3, 32, 32, dtype=torch.uint8)
+    dm = with_trainer(TensorImages(images, batch_size=64), world_size=8)
+    with pytest.raises(UserError) as error:
+        dm.setup("fit")
+    message = str(error.value)
+    assert "439 images" in message and "8 ranks" in message and "55 per rank" in message
+    assert "data.batch_size=64" in message and "data.batch_size<=55" in message
+    assert "at most 6 devices" in message  # ceil(439 / 6) = 74 >= 64, ceil(439 / 7) = 63 < 64
+    single = with_trainer(TensorImages(images, batch_size=64), world_size=1)
+    single.setup("fit")
+    assert len(single.train_dataloader()) == 439 // 64
+    six = with_trainer(TensorImages(images, batch_size=64), world_size=6)
+    six.setup("fit")  # 74 per rank: one batch each
+
+
+def test_fewer_images_than_batch_size_is_a_user_error() -> None:
+    dm = TensorImages(torch.zeros(43, 3, 32, 32, dtype=torch.uint8), batch_size=128)
+    expected = r"43 images, fewer than data.batch_size=128: set data.batch_size<=43"
+    with pytest.raises(UserError, match=expected):
+        dm.setup("fit")
+
+
+def test_fewer_validation_images_than_ranks_is_a_user_error() -> None:
+    dm = with_trainer(TensorImages(torch.zeros(64, 3, 32, 32, dtype=torch.uint8), batch_size=8), 8)
+    dm.setup("fit")
+    dm.num_val_images = 8  # one per rank: fine
+    with pytest.raises(UserError, match=r"4 validation images across 8 ranks.*metrics.num_samp"):
+        dm.num_val_images = 4

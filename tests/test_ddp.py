@@ -52,8 +52,8 @@ class RecordRank(Callback):
             self.z.append(args[0].detach().clone())
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        mean = pl_module.train_means["loss_d"]  # this rank's state, before the logger resets it
-        self.local_loss_d = float(mean.mean_value / mean.weight)
+        totals = pl_module.train_logs.totals  # this rank's sums, before the epoch end resets them
+        self.local_loss_d = float(totals[0, 0] / totals[1, 0])
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.hook.remove()

@@ -100,7 +100,7 @@ def test_experiment_trains_on_fixture_data(tmp_path: Path, name: str) -> None:
     datamodule.setup("fit")
     assert len(datamodule.images) == count
     metrics = train(cfg)
-    assert torch.isfinite(torch.tensor(metrics["train/loss_d"]))
+    assert torch.isfinite(torch.tensor(metrics["train/loss_d_epoch"]))
     assert (Path(cfg.paths.output_dir) / "config.yaml").is_file()
     cache.clear_memory()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from dcgan_lightning import load_generator
-from dcgan_lightning.generate import generate
+from dcgan_lightning.generate import RECORD, generate
 from dcgan_lightning.generation import CheckpointError, TrainedGenerator
 from dcgan_lightning.generation.images import GRID_PAD
 from dcgan_lightning.generation.latent import latent_walk
@@ -80,7 +81,7 @@ def pixels(path: Path) -> np.ndarray:
 
 def test_writes_n_files_of_the_model_size_and_mode(ckpt: Path, tmp_path: Path) -> None:
     out = run(ckpt, tmp_path / "png", "num_images=5", "batch_size=2")
-    files = sorted(out.iterdir())
+    files = sorted(out.glob("*.png"))
     assert [f.name for f in files] == [f"{i:06d}.png" for i in range(5)]
     for f in files:
         with Image.open(f) as image:
@@ -88,7 +89,8 @@ def test_writes_n_files_of_the_model_size_and_mode(ckpt: Path, tmp_path: Path) -
     assert pixels(files[0]).std() > 10  # a picture, not a blank
 
     out = run(ckpt, tmp_path / "jpg", "num_images=3", "format=jpg", "size=48")
-    for f in sorted(out.iterdir()):
+    assert sorted(p.name for p in out.iterdir()) == [f"{i:06d}.jpg" for i in range(3)] + [RECORD]
+    for f in sorted(out.glob("*.jpg")):
         with Image.open(f) as image:
             assert (f.suffix, image.format, image.mode, image.size) == (
                 ".jpg",
@@ -144,6 +146,7 @@ def test_files_are_the_generator_output_for_the_seed(ckpt: Path, tmp_path: Path)
 def test_walk_ends_are_the_images_of_the_two_seeds(ckpt: Path, tmp_path: Path) -> None:
     out = run(ckpt, tmp_path / "walk", "interpolate=true", "walk_seeds=[3,7]", "walk_steps=5")
     assert sorted(p.name for p in out.iterdir()) == [
+        RECORD,
         "linear.gif",
         "linear.png",
         "slerp.gif",
@@ -192,7 +195,7 @@ def test_overwrite_guard(ckpt: Path, tmp_path: Path) -> None:
 
     run(ckpt, out, "num_images=2", "seed=1", "overwrite=true")
     after = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert sorted(after) == ["000000.png", "000001.png", "notes.txt"]  # stale images gone
+    assert sorted(after) == ["000000.png", "000001.png", RECORD, "notes.txt"]  # stale ones gone
     assert after["000000.png"] != before["000000.png"] and after["notes.txt"] == b"mine"
 
     zip_path = run(ckpt, None, f"zip={tmp_path}/images.zip", "num_images=2")
@@ -207,7 +210,7 @@ def test_overwrite_guard(ckpt: Path, tmp_path: Path) -> None:
 def test_default_out_is_under_the_run_dir(ckpt: Path) -> None:
     out = run(ckpt, None, "num_images=1")
     assert out.parent == ckpt.parent.parent / "generated"
-    assert [p.name for p in out.iterdir()] == ["000000.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", RECORD]
 
 
 def test_ema_weights_used_when_present(ckpt: Path, plain_ckpt: Path, tmp_path: Path) -> None:
@@ -241,6 +244,90 @@ def test_noise_is_drawn_as_in_training(noise: str) -> None:
     assert torch.equal(z5[:3], trained.sample_noise(3, torch.Generator().manual_seed(0)))
     if noise == "uniform":
         assert z5.min() >= -1 and z5.max() <= 1 and z5.min() < 0
+
+
+@pytest.mark.parametrize("noise", ["normal", "uniform"])
+def test_truncated_noise_stays_within_psi(noise: str) -> None:
+    trained = TrainedGenerator(Generator(16, SIDE, 3, features=8), noise, SIDE, 3)
+
+    def draw(n: int, truncation: float | None) -> torch.Tensor:
+        return trained.sample_noise(n, torch.Generator().manual_seed(0), truncation)
+
+    plain, z = draw(500, None), draw(500, 0.5)
+    assert z.abs().max() <= 0.5 and z.abs().max() > 0.45
+    assert torch.equal(draw(3, 0.5), z[:3])  # row i is the same however many rows are drawn
+    if noise == "uniform":
+        assert torch.equal(z, plain * 0.5)
+        return
+    inside = plain[0].abs() <= 0.5  # the first row: only its outside components are redrawn
+    assert torch.equal(z[0][inside], plain[0][inside]) and not torch.equal(z[0], plain[0])
+    # N(0, 1) truncated at +/-0.5 has std sqrt(1 - 2 psi phi(psi) / (2 Phi(psi) - 1)) = 0.2836.
+    assert z.std().item() == pytest.approx(0.2836, rel=0.02)
+    assert torch.equal(draw(500, 10.0), plain)  # no component beyond 10: nothing redrawn
+
+
+def test_truncation_makes_the_images_and_is_recorded(ckpt: Path, tmp_path: Path) -> None:
+    a = run(ckpt, tmp_path / "a", "seed=2", "num_images=5", "batch_size=2", "truncation=0.5")
+    b = run(ckpt, tmp_path / "b", "seed=2", "num_images=5", "batch_size=4", "truncation=0.5")
+    plain = run(ckpt, tmp_path / "plain", "seed=2", "num_images=5")
+    generator = load_generator(ckpt)
+    with torch.no_grad():
+        z = generator.sample_noise(5, torch.Generator().manual_seed(2), truncation=0.5)
+        expected = ((generator(z) + 1) * 127.5).round().clamp(0, 255).permute(0, 2, 3, 1)
+    for i in range(5):
+        name = f"{i:06d}.png"
+        assert (a / name).read_bytes() == (b / name).read_bytes()  # whatever the batch size
+        assert (a / name).read_bytes() != (plain / name).read_bytes()
+        assert np.abs(pixels(a / name) - expected[i].numpy()).max() <= 1
+    record = json.loads((a / RECORD).read_text())
+    assert record == {
+        "ckpt_path": str(ckpt.resolve()),
+        "ema": True,
+        "noise": "normal",
+        "truncation": 0.5,
+        "mode": "files",
+        "size": SIDE,
+        "seed": 2,
+        "num_images": 5,
+    }
+    assert json.loads((plain / RECORD).read_text())["truncation"] is None
+
+    # Grids and walks carry it inside the image files too; a zip as its comment (images only).
+    out = run(ckpt, tmp_path / "grid", "grid=true", "num_images=4", "truncation=0.7")
+    with Image.open(out / "grid.png") as image:
+        assert json.loads(image.text["comment"])["truncation"] == 0.7
+    out = run(ckpt, tmp_path / "walk", "interpolate=true", "truncation=0.7", "format=jpg")
+    for name in ("linear.jpg", "slerp.gif"):
+        with Image.open(out / name) as image:
+            assert json.loads(image.info["comment"])["truncation"] == 0.7
+    assert json.loads((out / RECORD).read_text())["walk_seeds"] == [0, 1]
+    dest = run(ckpt, None, f"zip={tmp_path}/t.zip", "num_images=2", "truncation=0.7")
+    with zipfile.ZipFile(dest) as zf:
+        assert json.loads(zf.comment)["truncation"] == 0.7
+        assert zf.namelist() == ["000000.jpg", "000001.jpg"]
+
+
+def test_no_truncation_leaves_the_images_as_they_were(ckpt: Path, tmp_path: Path) -> None:
+    default = run(ckpt, tmp_path / "default", "seed=1", "num_images=3")
+    null = run(ckpt, tmp_path / "null", "seed=1", "num_images=3", "truncation=null")
+    wide = run(ckpt, tmp_path / "wide", "seed=1", "num_images=3", "truncation=10")
+    for name in (f"{i:06d}.png" for i in range(3)):
+        assert (default / name).read_bytes() == (null / name).read_bytes()
+        assert (default / name).read_bytes() == (wide / name).read_bytes()
+
+
+def test_bad_truncation_is_refused_before_anything_is_written(ckpt: Path, tmp_path: Path) -> None:
+    for psi in ("0", "-0.5", "abc", "true"):
+        with pytest.raises(ValueError, match=r"truncation must be a number > 0 .* got"):
+            run(ckpt, tmp_path / "x", f"truncation={psi}")
+    uniform = torch.load(ckpt, weights_only=True)
+    uniform["hyper_parameters"]["noise"] = "uniform"
+    torch.save(uniform, tmp_path / "uniform.ckpt")
+    with pytest.raises(ValueError, match=r"scale U\(-1, 1\) noise beyond .* \(0, 1\]"):
+        run(tmp_path / "uniform.ckpt", tmp_path / "x", "truncation=1.5")
+    assert not (tmp_path / "x").exists()
+    out = run(tmp_path / "uniform.ckpt", tmp_path / "u", "truncation=1", "num_images=1")
+    assert json.loads((out / RECORD).read_text())["noise"] == "uniform"
 
 
 def test_bad_inputs_error_clearly(ckpt: Path, tmp_path: Path) -> None:

@@ -210,7 +210,7 @@ def test_nonfinite_loss_stops_naming_step_and_last_good_checkpoint(
     with pytest.raises(DivergedError) as err:
         train(cfg)
     assert str(err.value).startswith(
-        f"Non-finite loss_d (nan) at global step 4 (epoch 1, batch 0): training stopped. "
+        f"Non-finite loss_d (nan) at global step 4 (detected at epoch 1): training stopped. "
         f"Last good checkpoint: {last}; resume with ckpt_path={last}"
     )
     kept = load(last)

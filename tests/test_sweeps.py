@@ -180,7 +180,7 @@ def test_several_loggers_at_once_and_none(make_cfg) -> None:
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert "train/loss_d_step" in (out / "csv" / "metrics.csv").read_text()
     cfg = make_cfg("logger=none")
-    assert train(cfg)["train/loss_d"] > 0
+    assert train(cfg)["train/loss_d_epoch"] > 0
 
 
 def test_a_failing_wandb_warns_and_training_goes_on(make_cfg, monkeypatch, caplog) -> None:
@@ -190,7 +190,7 @@ def test_a_failing_wandb_warns_and_training_goes_on(make_cfg, monkeypatch, caplo
     monkeypatch.setattr(WandbLogger, "log_hyperparams", broken)
     cfg = make_cfg("logger=wandb")
     metrics = train(cfg)
-    assert metrics["train/loss_d"] > 0
+    assert metrics["train/loss_d_epoch"] > 0
     assert "W&B failed to start (W&B is down)" in caplog.text
     assert (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").is_file()  # logged locally instead
     assert issubclass(CSVLogger, object)

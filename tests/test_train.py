@@ -54,9 +54,14 @@ def test_fast_dev_run_writes_the_run_outputs(make_cfg) -> None:
     cfg = make_cfg("+trainer.fast_dev_run=true")
     metrics = train(cfg)
     out = Path(cfg.paths.output_dir)
-    for key in ("train/loss_d", "train/loss_g", "train/d_real", "train/d_fake"):
+    for key in (
+        "train/loss_d_epoch",
+        "train/loss_g_epoch",
+        "train/d_real_epoch",
+        "train/d_fake_epoch",
+    ):
         assert key in metrics and torch.isfinite(torch.tensor(metrics[key]))
-    assert 0.0 < metrics["train/d_real"] < 1.0 and 0.0 < metrics["train/d_fake"] < 1.0
+    assert 0.0 < metrics["train/d_real_epoch"] < 1.0 and 0.0 < metrics["train/d_fake_epoch"] < 1.0
     assert (out / "config.yaml").is_file()
     assert (out / "samples" / "epoch_0000.png").is_file()
 

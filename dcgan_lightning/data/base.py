@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -11,6 +12,13 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from dcgan_lightning.data.device_batches import (
+    ON_DEVICE_CHOICES,
+    DeviceBatches,
+    holds_on_device,
+    training_sampler,
+)
+from dcgan_lightning.errors import UserError
 from dcgan_lightning.models.generator import channel_schedule
 
 
@@ -35,12 +43,38 @@ def stack_batch(batch: torch.Tensor) -> torch.Tensor:
     return batch
 
 
+def check_images_per_rank(num_images: int, world_size: int, batch_size: int) -> None:
+    """Raise a `UserError` unless every rank trains at least one full batch.
+
+    Lightning's DistributedSampler pads the set to give each rank ceil(N / world_size) images and
+    the loader drops the last partial batch: with fewer than `batch_size` per rank an epoch is
+    0 batches, which Lightning only logs before reporting the run complete.
+    """
+    per_rank = math.ceil(num_images / world_size)
+    if per_rank >= batch_size:
+        return
+    if world_size == 1:
+        raise UserError(
+            f"{num_images} images, fewer than data.batch_size={batch_size}: "
+            f"set data.batch_size<={num_images}"
+        )
+    fits = [w for w in range(world_size - 1, 0, -1) if math.ceil(num_images / w) >= batch_size]
+    fewer = f"train on at most {fits[0]} devices" if fits else "train on one device"
+    raise UserError(
+        f"{num_images} images on {world_size} ranks (world size {world_size}) is {per_rank} per "
+        f"rank, fewer than data.batch_size={batch_size}: no rank would train a single batch. "
+        f"Set data.batch_size<={per_rank}, or {fewer}"
+    )
+
+
 class ImageDataModule(LightningDataModule, ABC):
     """Subclasses implement `load_images`: the training set as uint8 (N, channels, size, size).
 
     Decoding and resizing happen once; the loader only indexes the tensor. Conversion to [-1, 1]
     and random horizontal flips run on the batch after it reaches the device, so uint8 (a quarter of
-    the bytes of float32) is what crosses to the GPU.
+    the bytes of float32) is what crosses to the GPU. With `on_device` (`auto`: when the set fits
+    `device_memory_fraction` of an accelerator's memory) the set crosses once, and training
+    batches are indexed on the device (`device_batches`).
     """
 
     def __init__(
@@ -50,6 +84,8 @@ class ImageDataModule(LightningDataModule, ABC):
         batch_size: int = 64,
         num_workers: int = 0,
         flip: bool = False,
+        on_device: bool | str = "auto",
+        device_memory_fraction: float = 0.25,
     ) -> None:
         super().__init__()
         channel_schedule(image_size, 1)  # validates image_size before any data is touched
@@ -57,6 +93,14 @@ class ImageDataModule(LightningDataModule, ABC):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if on_device not in ON_DEVICE_CHOICES:
+            raise ValueError(f"on_device must be auto, true or false, got {on_device!r}")
+        if not 0 < device_memory_fraction <= 1:
+            raise ValueError(
+                f"device_memory_fraction must be in (0, 1], got {device_memory_fraction}"
+            )
+        self.on_device, self.device_memory_fraction = on_device, device_memory_fraction
+        self.device_images: torch.Tensor | None = None  # the set on the device, once moved
         self.image_size, self.channels = image_size, channels
         self.batch_size, self.num_workers, self.flip = batch_size, num_workers, flip
         self.images: torch.Tensor | None = None
@@ -77,18 +121,44 @@ class ImageDataModule(LightningDataModule, ABC):
             if images.dtype != torch.uint8 or tuple(images.shape[1:]) != expected:
                 got = f"{images.dtype} {tuple(images.shape)}"
                 raise RuntimeError(f"{type(self).__name__} gave {got}, expected uint8 {expected}")
-            if len(images) < self.batch_size:
-                raise ValueError(
-                    f"{type(self).__name__} has {len(images)} images, fewer than batch_size="
-                    f"{self.batch_size}: lower data.batch_size"
-                )
+            check_images_per_rank(len(images), self.world_size, self.batch_size)
             self.images = images
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.images, shuffle=True, drop_last=True)
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
+        """Batches indexed on the device when the set is held there, else the pinned loader."""
+        trainer = self.trainer
+        shuffle = not getattr(trainer, "overfit_batches", 0)  # as Lightning does for loaders
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        if self.device_images is None or self.device_images.device != device:
+            nbytes = self.images.nbytes
+            if not holds_on_device(self.on_device, device, nbytes, self.device_memory_fraction):
+                return self._loader(self.images, shuffle=shuffle, drop_last=True)
+            self.device_images = self.images.to(device)
+        kwargs = getattr(trainer, "distributed_sampler_kwargs", None)
+        sampler = training_sampler(len(self.images), shuffle, kwargs)
+        return DeviceBatches(self.device_images, sampler, self.batch_size, drop_last=True)
 
-    # Real images `val_dataloader` yields: set by the quality-metrics callback (0: no validation).
-    num_val_images: int = 0
+    @property
+    def world_size(self) -> int:
+        """The number of ranks the images are split across (1 before a trainer is attached)."""
+        return getattr(self.trainer, "world_size", 1) if self.trainer is not None else 1
+
+    _num_val_images: int = 0
+
+    @property
+    def num_val_images(self) -> int:
+        """Real images `val_dataloader` yields: set by the quality-metrics callback (0: none)."""
+        return self._num_val_images
+
+    @num_val_images.setter
+    def num_val_images(self, n: int) -> None:
+        world = self.world_size
+        if 0 < n < world:  # UnrepeatedDistributedSampler would leave some ranks with none
+            raise UserError(
+                f"{n} validation images across {world} ranks: some ranks would get none. Set "
+                f"metrics.num_samples>={world} (the dataset permitting), or use fewer devices"
+            )
+        self._num_val_images = n
 
     def val_dataloader(self) -> DataLoader | list:
         """A fixed random subset of `num_val_images` training images, each seen by one rank only.

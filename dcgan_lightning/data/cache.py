@@ -3,6 +3,9 @@
 Entries live in memory (the last few, for later runs in the same process, e.g. a sweep) and on
 disk (for later processes). The key hashes the file list with each file's size and mtime and the
 transform, so adding, removing or changing a file, or asking for another size, misses the cache.
+
+A disk entry is read memory-mapped (`torch.load(mmap=True)`, copy-on-write): every DDP rank of a
+machine, and the process that decoded it, share the page cache's one copy of the images.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ def _digest(value: object) -> str:
 
 @dataclass(frozen=True)
 class CacheKey:
-    """Names one decoded set: `group` is the folder and transform, `content` the files in it."""
+    """Names one decoded set: `group` is the file list (paths) and transform, `content` adds each
+    file's size and mtime. Entries of one group differ only in content: the older are stale. A
+    subset (`max_images`, another CelebA split) is another group and keeps its own entry."""
 
     name: str
     group: str
@@ -54,12 +59,21 @@ class CacheKey:
             stat = path.stat()
             listing.append((path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", root.name) or "images"
-        group = _digest([str(root.resolve()), dict(transform)])[:8]
+        group = _digest([str(root.resolve()), [p for p, _, _ in listing], dict(transform)])[:8]
         return cls(name, group, _digest([group, listing])[:16])
 
     @property
     def filename(self) -> str:
         return f"{self.name}-{self.group}-{self.content}.pt"
+
+    def path(self, cache_dir: Path | None) -> Path | None:
+        """Where this entry is (or will be) on disk; None when not cached on disk."""
+        return cache_dir / self.filename if cache_dir is not None else None
+
+
+def _read(path: Path) -> DecodedImages:
+    stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return DecodedImages(stored["images"], list(stored["skipped"]))
 
 
 def load(key: CacheKey, cache_dir: Path | None) -> DecodedImages | None:
@@ -71,8 +85,7 @@ def load(key: CacheKey, cache_dir: Path | None) -> DecodedImages | None:
         return None
     path = cache_dir / key.filename
     try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-        entry = DecodedImages(stored["images"], list(stored["skipped"]))
+        entry = _read(path)
     except Exception as error:  # a damaged cache file is a miss, not a failure
         log.warning("Ignoring unreadable cache file %s: %s", path, error)
         return None
@@ -81,12 +94,13 @@ def load(key: CacheKey, cache_dir: Path | None) -> DecodedImages | None:
     return entry
 
 
-def store(key: CacheKey, entry: DecodedImages, cache_dir: Path | None) -> None:
-    """Keep `entry` in memory and, when `cache_dir` is set, write it atomically to disk, replacing
-    older entries of the same folder and transform."""
-    _remember(key, entry)
+def store(key: CacheKey, entry: DecodedImages, cache_dir: Path | None) -> DecodedImages:
+    """Write `entry` atomically to `cache_dir` (when set), replacing stale entries of the same
+    files and transform, and keep it in memory. Returns the entry to use: the written file,
+    memory-mapped, so the decoded buffer can be freed; `entry` itself if not written."""
     if cache_dir is None:
-        return
+        _remember(key, entry)
+        return entry
     tmp = None
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -99,11 +113,15 @@ def store(key: CacheKey, entry: DecodedImages, cache_dir: Path | None) -> None:
         log.warning("Cannot write the image cache in %s: %s", cache_dir, error)
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        return
+        _remember(key, entry)
+        return entry
     for stale in cache_dir.glob(f"{key.name}-{key.group}-*.pt"):
         if stale.name != key.filename:
             stale.unlink(missing_ok=True)
     log.info("Cached decoded images in %s", cache_dir / key.filename)
+    entry = _read(cache_dir / key.filename)
+    _remember(key, entry)
+    return entry
 
 
 def _remember(key: CacheKey, entry: DecodedImages) -> None:

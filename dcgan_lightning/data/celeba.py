@@ -33,9 +33,11 @@ class CelebADataModule(ImageFolderDataModule):
     """`root/img_align_celeba/` (+ `root/list_eval_partition.txt` or `.csv`) as torchvision or
     Kaggle lay it out, restricted to `split`; else every image under `root` (a folder of faces).
 
-    The centre 178x178 square of the 178x218 aligned faces is cropped before resizing, as in the
-    DCGAN papers' CelebA set-up. Google Drive (torchvision's source) often refuses downloads
-    (daily quota), so Kaggle is tried first when kagglehub is set up.
+    On the aligned layout the centre `crop` x `crop` square (178: the 178x218 faces' centre square,
+    as in the DCGAN papers' set-up) is cropped before resizing; a plain folder of faces (e.g.
+    CelebA-HQ's 256x256) takes its own centre square whatever `crop` says. Google Drive
+    (torchvision's source) often refuses downloads (daily quota), so Kaggle is tried first when
+    kagglehub is set up.
     """
 
     what = "CelebA"
@@ -81,6 +83,9 @@ class CelebADataModule(ImageFolderDataModule):
     def image_dir(self) -> Path:
         aligned = self.root / ALIGNED
         return aligned if aligned.is_dir() else super().image_dir()
+
+    def crop_for(self, image_dir: Path) -> int | None:
+        return self.crop if image_dir.name == ALIGNED else None
 
     def image_files(self, image_dir: Path) -> list[Path]:
         files = super().image_files(image_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -95,16 +96,49 @@ def decode_images(
 ) -> tuple[torch.Tensor, list[Path]]:
     """Decode `files` in threads (Pillow releases the GIL while decoding and resizing).
 
-    Returns the readable images as uint8 (N, channels, size, size), in file order, and the files
-    that could not be read.
+    Each thread writes its image's row of one preallocated (N, channels, size, size) uint8 tensor,
+    so the peak is the decoded set plus a few images in flight. Returns the readable images in
+    file order (unreadable files' rows compacted out in place: the result may be a view of a
+    slightly larger buffer) and the files that could not be read. Logs progress every ~10%.
     """
+    out = torch.empty(len(files), channels, size, size, dtype=torch.uint8)
+
+    def decode_row(i: int) -> bool:
+        pixels = _try_decode(files[i], size, channels, crop)
+        if pixels is not None:
+            out[i].numpy()[...] = pixels.transpose(2, 0, 1)  # Pillow's array is read-only
+        return pixels is not None
+
     workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
+    progress = _Progress(len(files))
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        arrays = list(pool.map(lambda f: _try_decode(f, size, channels, crop), files))
-    good = [a for a in arrays if a is not None]
-    skipped = [f for f, a in zip(files, arrays, strict=True) if a is None]
-    images = torch.from_numpy(np.stack(good)) if good else torch.empty(0, size, size, channels)
-    return images.to(torch.uint8).permute(0, 3, 1, 2).contiguous(), skipped
+        readable = [progress.step(ok) for ok in pool.map(decode_row, range(len(files)))]
+    kept = 0
+    for i, ok in enumerate(readable):
+        if ok:
+            if i != kept:  # rows only move down: in place, no second buffer
+                out[kept] = out[i]
+            kept += 1
+    skipped = [f for f, ok in zip(files, readable, strict=True) if not ok]
+    return (out if kept == len(files) else out[:kept]), skipped
+
+
+class _Progress:
+    """A log line at every tenth of a long decode (200k JPEGs take minutes), with time left."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.start = total, 0, time.monotonic()
+        self.next_report = 1
+
+    def step(self, ok: bool) -> bool:
+        self.done += 1
+        if self.done * 10 >= self.next_report * self.total:
+            self.next_report = self.done * 10 // self.total + 1
+            elapsed = time.monotonic() - self.start
+            left = elapsed / self.done * (self.total - self.done)
+            log.info("Decoded %d/%d images (%d%%), %.0f s, ~%.0f s left", self.done, self.total,
+                     100 * self.done // self.total, elapsed, left)  # fmt: skip
+        return ok
 
 
 def report_skipped(skipped: Sequence[str], folder: Path) -> None:

@@ -102,17 +102,21 @@ class ImageFolderDataModule(ImageDataModule):
         """The candidate files, in a fixed order."""
         return decode.list_images(image_dir)
 
+    def crop_for(self, image_dir: Path) -> int | None:
+        """The centre crop (original pixels) for the images of `image_dir`."""
+        return self.crop
+
     # -- loading -------------------------------------------------------------------------------
-    def transform(self) -> dict[str, object]:
+    def transform(self, image_dir: Path) -> dict[str, object]:
         """Everything that changes the decoded pixels: part of the cache key."""
         resample = decode.RESAMPLE.name.lower()
-        return {"size": self.image_size, "channels": self.channels, "crop": self.crop,
-                "resample": resample, "version": 1}  # fmt: skip
+        return {"size": self.image_size, "channels": self.channels,
+                "crop": self.crop_for(image_dir), "resample": resample, "version": 1}  # fmt: skip
 
     def _files(self) -> tuple[Path, list[Path]]:
         image_dir = self.image_dir()
         files = self.image_files(image_dir)[: self.max_images]
-        self._key = cache.CacheKey.of(image_dir, files, self.transform())
+        self._key = cache.CacheKey.of(image_dir, files, self.transform(image_dir))
         return image_dir, files
 
     @property
@@ -133,12 +137,15 @@ class ImageFolderDataModule(ImageDataModule):
         image_dir, files = self._files()
         entry = cache.load(self._key, self.cache_dir)
         if entry is None:
-            log.info("Decoding %d images from %s (once, then cached)", len(files), image_dir)
-            images, bad = decode.decode_images(files, self.image_size, self.channels, self.crop)
+            target = self._key.path(self.cache_dir) or "memory only (data.cache_dir=null)"
+            log.info("Decoding %d images from %s once, cached in %s", len(files), image_dir, target)
+            crop = self.crop_for(image_dir)
+            images, bad = decode.decode_images(files, self.image_size, self.channels, crop)
             skipped = [p.relative_to(image_dir).as_posix() for p in bad]
             entry = cache.DecodedImages(images, skipped)
             if len(images):
-                cache.store(self._key, entry, self.cache_dir)
+                entry = cache.store(self._key, entry, self.cache_dir)
+                del images  # the stored entry maps the cache file: the decoded buffer goes
         self.skipped = entry.skipped
         if not self._reported:
             decode.report_skipped(entry.skipped, image_dir)

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import TracebackType
 
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 FORMATS = {"png": "PNG", "jpg": "JPEG"}
 SAVE_OPTIONS = {"PNG": {}, "JPEG": {"quality": 95, "subsampling": 0}}  # 4:4:4 keeps colour edges
@@ -44,13 +44,23 @@ def grid(images: list[Image.Image], nrow: int) -> Image.Image:
     return canvas
 
 
-def save_gif(frames: list[Image.Image], path: Path) -> None:
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=GIF_FRAME_MS, loop=0)
+def save_gif(frames: list[Image.Image], path: Path, comment: str | None = None) -> None:
+    extra = {} if comment is None else {"comment": comment}
+    frames[0].save(
+        path, save_all=True, append_images=frames[1:], duration=GIF_FRAME_MS, loop=0, **extra
+    )
 
 
-def encode(image: Image.Image, fmt: str) -> bytes:
+def encode(image: Image.Image, fmt: str, comment: str | None = None) -> bytes:
+    """The image file's bytes; `comment` goes into it (PNG text chunk `comment`, JPEG comment)."""
+    options = dict(SAVE_OPTIONS[FORMATS[fmt]])
+    if comment is not None and fmt == "png":
+        options["pnginfo"] = PngImagePlugin.PngInfo()
+        options["pnginfo"].add_text("comment", comment)
+    elif comment is not None:
+        options["comment"] = comment
     buffer = io.BytesIO()
-    image.save(buffer, format=FORMATS[fmt], **SAVE_OPTIONS[FORMATS[fmt]])
+    image.save(buffer, format=FORMATS[fmt], **options)
     return buffer.getvalue()
 
 
@@ -58,10 +68,10 @@ class ImageWriter:
     """Writes named images into a folder, or into a zip (Kaggle's submission layout).
 
     A zip is written beside its destination and moved into place on success, so an interrupted
-    run leaves no half zip behind.
+    run leaves no half zip behind. `comment` becomes the zip's archive comment (not a file in it).
     """
 
-    def __init__(self, dest: Path, fmt: str, as_zip: bool) -> None:
+    def __init__(self, dest: Path, fmt: str, as_zip: bool, comment: str | None = None) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
         self.dest, self.fmt = Path(dest), fmt
@@ -70,6 +80,7 @@ class ImageWriter:
         if as_zip:
             self.dest.parent.mkdir(parents=True, exist_ok=True)
             self._zip = zipfile.ZipFile(self._partial, "w", zipfile.ZIP_STORED)  # JPEG: no gain
+            self._zip.comment = (comment or "").encode()
         else:
             self.dest.mkdir(parents=True, exist_ok=True)
 

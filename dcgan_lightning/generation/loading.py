@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dcgan_lightning.generation.noise import NOISES, draw_noise
 from dcgan_lightning.models.generator import Generator
 
 log = logging.getLogger(__name__)
@@ -28,16 +29,16 @@ class TrainedGenerator(nn.Module):
     """A trained generator with what sampling it needs: z size and the training noise law.
 
     `forward(z)` gives images in [-1, 1]; `sample_noise` draws z as training did (N(0, 1) or
-    U(-1, 1)), one row at a time from a CPU generator, so that image i of a seed is the same
-    whatever the batch size or device.
+    U(-1, 1)), optionally truncated, one row at a time from a CPU generator, so that image i of a
+    seed is the same whatever the batch size or device.
     """
 
     def __init__(
         self, net: Generator, noise: str, image_size: int, channels: int, ema: bool = False
     ) -> None:
         super().__init__()
-        if noise not in ("normal", "uniform"):
-            raise ValueError(f"noise must be 'normal' or 'uniform', got {noise!r}")
+        if noise not in NOISES:
+            raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
         self.net = net
         self.noise, self.image_size, self.channels = noise, image_size, channels
         self.ema = ema  # whether `net` holds EMA weights
@@ -47,15 +48,14 @@ class TrainedGenerator(nn.Module):
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
-    def sample_noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """z of shape (n, z_dim) on this module's device; row i is the i-th draw of `generator`."""
-        draw = torch.rand if self.noise == "uniform" else torch.randn
-        device = generator.device if generator is not None else torch.device("cpu")
-        rows = [draw((1, self.z_dim), generator=generator, device=device) for _ in range(n)]
-        z = torch.cat(rows) if rows else torch.empty(0, self.z_dim, device=device)
-        if self.noise == "uniform":
-            z = z * 2 - 1
-        return z.to(self.device)
+    def sample_noise(
+        self, n: int, generator: torch.Generator | None = None, truncation: float | None = None
+    ) -> torch.Tensor:
+        """z of shape (n, z_dim) on this module's device; row i is the i-th draw of `generator`.
+
+        `truncation=psi` keeps z within +/-psi (see `generation.noise`); None: as in training.
+        """
+        return draw_noise(n, self.z_dim, self.noise, generator, truncation).to(self.device)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z.to(self.device)).float()

@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torchmetrics import MeanMetric
 
-from dcgan_lightning.divergence import POLICIES, finite_loss
+from dcgan_lightning.divergence import NonFiniteGuard
+from dcgan_lightning.errors import UserError
+from dcgan_lightning.models.ada import AdaptiveAugment
 from dcgan_lightning.models.diffaugment import DiffAugment
 from dcgan_lightning.models.discriminator import Discriminator
+from dcgan_lightning.models.ema import EMA
 from dcgan_lightning.models.generator import Generator
 from dcgan_lightning.models.init import dcgan_init
-from dcgan_lightning.models.losses import LOSSES, discriminator_loss, generator_loss
-from dcgan_lightning.rng import rng_states, set_rng_states
+from dcgan_lightning.models.losses import LOSSES, d_outputs, discriminator_loss, generator_loss
+from dcgan_lightning.models.train_logs import TrainLogs
+from dcgan_lightning.rng import gather_rng_states, keyed_generator, restore_rng_states, seed_rank
+from dcgan_lightning.strategy import sync_buffers
 
 OptimizerFactory = Callable[..., Optimizer]
-TRAIN_LOGS = ("loss_d", "loss_g", "d_real", "d_fake")
 
 
 class GAN(LightningModule):
@@ -46,6 +48,7 @@ class GAN(LightningModule):
         label_smoothing: float = 0.0,
         d_steps_per_g_step: int = 1,
         diffaugment: Sequence[str] = (),
+        ada: dict[str, Any] | None = None,
         ema: dict[str, Any] | None = None,
         grad_clip_norm: float | None = None,
         on_nonfinite: str = "stop",
@@ -58,8 +61,11 @@ class GAN(LightningModule):
             raise ValueError(f"noise must be 'normal' or 'uniform', got {noise!r}")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        if on_nonfinite not in POLICIES:
-            raise ValueError(f"on_nonfinite must be one of {POLICIES}, got {on_nonfinite!r}")
+        if label_smoothing and loss != "bce":
+            raise UserError(
+                f"model.label_smoothing={label_smoothing} works with model.loss=bce only, not "
+                f"{loss!r}: hinge and least-squares losses have no target to smooth"
+            )
         if d_steps_per_g_step < 1:
             raise ValueError(f"d_steps_per_g_step must be >= 1, got {d_steps_per_g_step}")
         self.save_hyperparameters(ignore=["optimizer_g", "optimizer_d"], logger=False)
@@ -70,20 +76,16 @@ class GAN(LightningModule):
         self.discriminator = Discriminator(image_size, channels, **discriminator)
         self.generator.apply(dcgan_init)
         self.discriminator.apply(dcgan_init)
-        self.augment = DiffAugment(diffaugment)
-        self.ema_generator = None
-        if ema:
-            self.ema_generator = AveragedModel(
-                self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema["decay"])
-            )
+        self.augment = AdaptiveAugment(diffaugment, **ada) if ada else DiffAugment(diffaugment)
+        self.ema_generator = EMA(self.generator, ema["decay"], ema["start_step"]) if ema else None
         # Same on every rank and saved in checkpoints, so sample grids are comparable across epochs.
         fixed = self.sample_noise(num_fixed_samples, torch.Generator().manual_seed(0))
         self.register_buffer("fixed_noise", fixed)
         if channels_last:
             self.to(memory_format=torch.channels_last)
-        # Epoch means of the train logs, reduced over all ranks once per epoch (step values are
-        # this rank's: no collective per step). A skipped non-finite step is left out of the mean.
-        self.train_means = nn.ModuleDict({k: MeanMetric(nan_strategy="ignore") for k in TRAIN_LOGS})
+        self.nonfinite = NonFiniteGuard(on_nonfinite)
+        self.train_logs = TrainLogs()  # step values and epoch means, no sync per step
+        self.run_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
         # The modules the training step calls: DDP wrappers under `GANDDPStrategy`, else themselves.
         self.train_nets: dict[str, nn.Module] = {"G": self.generator, "D": self.discriminator}
 
@@ -98,9 +100,7 @@ class GAN(LightningModule):
 
     def _rng(self, *keys: int) -> torch.Generator:
         """An RNG seeded from (run seed, rank, *keys): z differs per rank and resumes exactly."""
-        seed = np.random.SeedSequence([torch.initial_seed(), self.global_rank, *keys])
-        rng = torch.Generator(device=self.device)
-        return rng.manual_seed(int(seed.generate_state(1, np.uint64)[0] >> 1))
+        return keyed_generator(self.device, self.run_seed, self.global_rank, *keys)
 
     # -- sampling ------------------------------------------------------------------------------
     @property
@@ -123,10 +123,11 @@ class GAN(LightningModule):
     def training_step(self, real: torch.Tensor, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
         G, D = self.train_nets["G"], self.train_nets["D"]
-        hp = self.hparams
+        hp, guard = self.hparams, self.nonfinite
         if hp.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
-        g_step = (batch_idx + 1) % hp.d_steps_per_g_step == 0
+        # Batches over the whole run (batch_idx restarts each epoch), restored on resume.
+        g_step = (self.trainer.fit_loop.total_batch_idx + 1) % hp.d_steps_per_g_step == 0
 
         # One generator forward, before any toggling, so the G step can reuse it.
         with torch.set_grad_enabled(g_step):
@@ -138,14 +139,15 @@ class GAN(LightningModule):
             d_fake = D(self.augment(fake.detach()))
             loss_d = discriminator_loss(hp.loss, d_real, d_fake, hp.label_smoothing)
             opt_d.zero_grad(set_to_none=True)
-            if finite_loss(self.trainer, loss_d, "loss_d", hp.on_nonfinite):  # else stop or skip
+            if guard.finite(self.trainer, loss_d, "loss_d"):  # `skip` leaves the update out
                 self.manual_backward(loss_d)
                 opt_d.step()
-        logs = {
-            "loss_d": loss_d,
-            "d_real": torch.sigmoid(d_real.detach().float()).mean(),
-            "d_fake": torch.sigmoid(d_fake.detach().float()).mean(),
-        }
+                guard.stepped()
+        logs = {"loss_d": loss_d, **d_outputs(hp.loss, d_real, d_fake)}
+        if hp.ada:  # r_t from D(augmented real); one all-reduce every `interval` batches
+            self.augment.observe(d_real)
+            self.augment.adjust(real.size(0), self.trainer.world_size)
+            logs |= {"ada_p": self.augment.p, "r_t": self.augment.r_t}
 
         # (2) Update G: make D call the fakes real. The bare D (not its DDP wrapper) with frozen
         # parameters: no D gradients are computed or all-reduced in this step.
@@ -153,31 +155,43 @@ class GAN(LightningModule):
             with self.toggled_optimizer(opt_g):
                 loss_g = generator_loss(hp.loss, self.discriminator(self.augment(fake)))
                 opt_g.zero_grad(set_to_none=True)
-                if finite_loss(self.trainer, loss_g, "loss_g", hp.on_nonfinite):
+                if guard.finite(self.trainer, loss_g, "loss_g"):
                     self.manual_backward(loss_g)
                     opt_g.step()
-            self._update_ema()
+                    guard.stepped()
+                    self._update_ema()
             logs["loss_g"] = loss_g
         self._log_train(logs)
 
     def _log_train(self, logs: dict[str, torch.Tensor]) -> None:
-        """`train/<name>_step` (this rank) and `train/<name>_epoch` (mean over all ranks)."""
-        for name, value in logs.items():
-            mean = self.train_means[name]
-            mean(value.detach())
-            self.log(f"train/{name}", mean, prog_bar=True, on_step=True, on_epoch=True)
+        """Device-side epoch sums every step; `train/<name>_step` (this rank's values) only on the
+        batches Lightning sends to the loggers, where the divergence flag is read too."""
+        self.train_logs.add(logs)
+        if TrainLogs.logging_now(self.trainer):
+            self.nonfinite.check(self.trainer)
+            steps = {f"train/{k}_step": v.detach().float() for k, v in logs.items()}
+            self.log_dict(steps, prog_bar=True, on_step=True, on_epoch=False)
+
+    def on_train_start(self) -> None:
+        self.nonfinite.start(self.global_step)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # On the epoch's last batch, so that callbacks' `on_train_epoch_end` (plots) see them.
+        if self.trainer.fit_loop.epoch_loop._is_training_done:
+            self.nonfinite.check(self.trainer)
+            means = self.train_logs.epoch_means(self.trainer)  # one collective per epoch
+            epoch = {f"train/{k}_epoch": v for k, v in means.items()}
+            self.log_dict(epoch, on_step=False, on_epoch=True, sync_dist=True)  # equal everywhere
+
+    def on_train_epoch_end(self) -> None:
+        sync_buffers(self)
+
+    def on_validation_epoch_start(self) -> None:
+        sync_buffers(self)  # every rank's fakes come from the checkpointed statistics
 
     def _update_ema(self) -> None:
-        if self.ema_generator is None:
-            return
-        if self.global_step < self.hparams.ema["start_step"]:
-            self.ema_generator.n_averaged.zero_()  # the next update copies G: EMA tracks G exactly
-        self.ema_generator.update_parameters(self.generator)
-        # BatchNorm statistics are copied, not averaged: averaged ones lag ~1/(1-decay) steps
-        # behind the weights, and the EMA generator draws flat grey images until they catch up.
-        ema_buffers = self.ema_generator.module.buffers()
-        for ema_buffer, buffer in zip(ema_buffers, self.generator.buffers()):
-            ema_buffer.copy_(buffer)
+        if self.ema_generator is not None:
+            self.ema_generator.update(self.generator, self.global_step)
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         # Runs after AMP unscaling, so the norm is of the true gradients (Lightning issue #18089).
@@ -195,13 +209,24 @@ class GAN(LightningModule):
             self.optimizer_d(params=self.discriminator.parameters()),
         ]
 
-    # -- checkpoints: the global RNGs (shuffle, DiffAugment, dropout, flips) for exact resume ---
+    # -- checkpoints: every rank's RNG states (shuffle, DiffAugment, dropout, flips) ------------
+    def setup(self, stage: str) -> None:
+        # After the weights are built (equal on every rank), before a checkpoint is restored.
+        # PL_GLOBAL_SEED: `seed_everything`'s seed, also in spawned ranks.
+        self.run_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+        seed_rank(self.run_seed, self.global_rank)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["rng_states"] = rng_states()
+        if self._trainer is not None:  # on every rank, together: both calls below are collective
+            self.nonfinite.check(self.trainer)  # never write a checkpoint after a bad loss
+        checkpoint["rng_states"] = gather_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng_states" in checkpoint:
-            set_rng_states(checkpoint["rng_states"])
+            restore_rng_states(checkpoint["rng_states"], self.global_rank, self._world_size())
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
 
     # -- validation: hands real and generated images to the metric callbacks -------------------
     def validation_step(self, real: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
