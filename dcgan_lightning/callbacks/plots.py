@@ -2,7 +2,8 @@
 
 PNGs in `dirpath`, redrawn at every epoch end (a run stopped early still has them), and sent to the
 loggers that show images at the end of fit. Values come from what the LightningModule and the
-quality-metrics callback log, recorded on rank zero only (plotting never takes part in collectives).
+quality-metrics callback log: read on every rank (reading may reduce `sync_dist` values across
+ranks, a collective), recorded and drawn on rank zero.
 """
 
 from __future__ import annotations
@@ -46,19 +47,18 @@ class TrainingPlots(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, i: int
     ) -> None:
-        if not trainer.is_global_zero or i % max(1, trainer.log_every_n_steps):
+        if i % max(1, trainer.log_every_n_steps):
             return
         progress = trainer.current_epoch + (i + 1) / max(1, trainer.num_training_batches)
         self._record(trainer, "_step", progress, "train/")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
         self._record(trainer, "_epoch", trainer.current_epoch + 0.5, "train/")  # mid-epoch
-        self.draw()
+        if trainer.is_global_zero:
+            self.draw()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and not trainer.sanity_checking:
+        if not trainer.sanity_checking:
             self._record(trainer, "", trainer.current_epoch + 1, "val/")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -68,7 +68,12 @@ class TrainingPlots(Callback):
             log_image(trainer, f"plots/{path.stem}", path)
 
     def _record(self, trainer: pl.Trainer, suffix: str, x: float, prefix: str) -> None:
-        for key, value in trainer.callback_metrics.items():
+        """On every rank: reading `callback_metrics` may run Lightning's deferred reduction of
+        `sync_dist=True` values, a collective (rank 0 alone would hang). Rank 0 keeps them."""
+        metrics = trainer.callback_metrics
+        if not trainer.is_global_zero:
+            return
+        for key, value in metrics.items():
             if key.startswith(prefix) and key.endswith(suffix) and value.numel() == 1:
                 self.history[key].append((float(x), float(value)))
 
