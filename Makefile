@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: help install train test test-fast lint format bench clean
+.PHONY: help install train test test-fast lint format bench gpu-check clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ format: $(VENV)/.installed ## Apply ruff fixes and formatting
 
 bench: $(VENV)/.installed ## Benchmarks in one table: train(cfg) vs raw PyTorch, loading, metrics (ARGS="--quick")
 	$(PY) -m dcgan_lightning.bench $(ARGS)
+
+gpu-check: $(VENV)/.installed ## On a GPU (<5 min): pytest -m gpu, trainer=gpu at 3 precisions, GPU bench (else exits 0)
+	$(PY) -m dcgan_lightning.bench.gpu_check $(ARGS)
 
 clean: ## Remove run outputs and caches (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

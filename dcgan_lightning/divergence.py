@@ -12,6 +12,8 @@ slower policy, for runs that must go on.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
@@ -33,58 +35,46 @@ def last_good_checkpoint(trainer: Trainer) -> str:
 
 
 class NonFiniteGuard(nn.Module):
-    """Records, on the device, the first non-finite loss of the run: its global step and value."""
+    """Records, on the device, the global step of each loss's first non-finite value."""
 
     def __init__(self, policy: str) -> None:
         super().__init__()
         if policy not in POLICIES:
             raise ValueError(f"on_nonfinite must be one of {POLICIES}, got {policy!r}")
         self.policy = policy
-        # [global step counter, first bad step (-1: none), index of the bad loss]; not checkpointed
-        self.register_buffer("steps", torch.tensor([0, -1, -1]), persistent=False)
-        self.register_buffer("bad_value", torch.zeros(()), persistent=False)
-        self.register_buffer("loss_ids", torch.arange(len(LOSS_NAMES)), persistent=False)
-
-    def start(self, global_step: int) -> None:
-        """Align the device step counter with the trainer's (at the start of fit and on resume)."""
-        self.steps[0].fill_(global_step)
-        self.steps[1:].fill_(-1)
+        # Per loss of LOSS_NAMES: the first bad global step, inf while none; not checkpointed.
+        self.register_buffer("first_bad", torch.full((len(LOSS_NAMES),), math.inf), False)
 
     def finite(self, trainer: Trainer, loss: torch.Tensor, name: str) -> bool:
-        """Whether the caller should backward and step. `stop`: always (checked later, sync-free);
-        `skip`: False, with a warning, when `loss` is not finite on some rank."""
+        """Whether the caller should backward and step. `stop`: always (checked later, sync-free:
+        three small device ops); `skip`: False, with a warning, when `loss` is not finite on some
+        rank (a host read, and a vote under DDP)."""
         if self.policy == "skip":
             return self._vote(trainer, loss, name)
-        bad = ~torch.isfinite(loss.detach()) & (self.steps[1] < 0)
-        here = torch.stack([self.steps[0], self.loss_ids[LOSS_NAMES.index(name)]])
-        self.steps[1:] = torch.where(bad, here, self.steps[1:])
-        self.bad_value.copy_(torch.where(bad, loss.detach().float(), self.bad_value))
+        first = self.first_bad[LOSS_NAMES.index(name)]
+        step = torch.where(torch.isfinite(loss.detach()), math.inf, float(trainer.global_step))
+        torch.minimum(first, step, out=first)
         return True
-
-    def stepped(self) -> None:
-        """Count one optimizer step (skipped or not, as Lightning's global_step does)."""
-        self.steps[0].add_(1)
 
     def check(self, trainer: Trainer) -> None:
         """Raise `DivergedError` on every rank when any rank saw a non-finite loss. One host sync
         and, under DDP, one collective: call it at log intervals, never per step."""
         if self.policy != "stop":
             return
-        record = torch.cat([self.steps[1:].double(), self.bad_value.double().view(1)])
-        if trainer.world_size > 1:
-            record = trainer.strategy.all_gather(record)
-        records = record.view(-1, 3).cpu()
-        bad = records[records[:, 0] >= 0]
-        if not len(bad):
+        first = self.first_bad
+        if trainer.world_size > 1:  # the earliest bad step of any rank, agreed by all
+            first = trainer.strategy.reduce(first.clone(), reduce_op="min")
+        first = first.tolist()
+        step = min(first)
+        if math.isinf(step):
             return
-        step, which, value = bad[bad[:, 0].argmin()].tolist()  # the earliest of any rank
         ckpt = last_good_checkpoint(trainer)
         back = f"Last good checkpoint: {ckpt}; resume with ckpt_path={ckpt}"
         if not ckpt:
             back = "No checkpoint was written before it; start again"
         raise DivergedError(
-            f"Non-finite {LOSS_NAMES[int(which)]} ({value}) at global step {int(step)} (detected "
-            f"at epoch {trainer.current_epoch}): training stopped. {back}, perhaps with "
+            f"Non-finite {LOSS_NAMES[first.index(step)]} (NaN or inf) at global step {int(step)} "
+            f"(detected at epoch {trainer.current_epoch}): training stopped. {back}, perhaps with "
             "model.grad_clip_norm set, or with model.on_nonfinite=skip to skip such steps."
         )
 

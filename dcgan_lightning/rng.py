@@ -22,8 +22,17 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 
 def derive_seed(*keys: int) -> int:
-    """A 63-bit seed from any integers, well mixed (numpy's SeedSequence)."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
+    """A 63-bit seed from any integers, well mixed (splitmix64 over the keys): a few microseconds,
+    so a fresh seed per training step costs nothing next to the step."""
+    state = 0x9E3779B97F4A7C15
+    for key in keys:
+        state = (state ^ (int(key) & _MASK)) * 0xBF58476D1CE4E5B9 & _MASK
+        state = (state ^ (state >> 31)) * 0x94D049BB133111EB & _MASK
+        state ^= state >> 29
+    return state >> 1
+
+
+_MASK = 2**64 - 1
 
 
 def keyed_generator(device: torch.device, *keys: int) -> torch.Generator:

@@ -51,8 +51,8 @@ class RecordRank(Callback):
         if module.training:  # training steps; sample grids run in eval mode
             self.z.append(args[0].detach().clone())
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        totals = pl_module.train_logs.totals  # this rank's sums, before the epoch end resets them
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        totals = pl_module.train_logs.totals  # this rank's sums, before the epoch's end resets them
         self.local_loss_d = float(totals[0, 0] / totals[1, 0])
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -116,7 +116,8 @@ def test_ddp_sim_two_ranks_stay_in_sync(make_cfg, tmp_path) -> None:
     assert not torch.equal(r0["z"], r1["z"])  # each rank draws its own noise...
     for z0, z1 in zip(r0["z"], r1["z"], strict=True):
         assert not torch.allclose(z0, z1)
-    assert torch.equal(r0["fixed_noise"], r1["fixed_noise"])  # ...and the same sample-grid noise
+    # The same sample-grid noise on every rank: tests/test_ranks.py disturbs rank 1's and checks
+    # that it is brought back (here both ranks build it alike, so equality would prove nothing).
     # Epoch means are over both ranks' batches, on every rank.
     assert r0["local_loss_d"] != r1["local_loss_d"]
     both = (r0["local_loss_d"] + r1["local_loss_d"]) / 2

@@ -103,7 +103,7 @@ def test_deferred_divergence_check_names_the_first_bad_step_and_keeps_the_checkp
     with pytest.raises(DivergedError) as err:
         train(cfg)
     # Batch 5 of the run (epoch 1, batch 1): global step 8 is its D step.
-    assert "Non-finite loss_d (nan) at global step 8 (detected at epoch 1)" in str(err.value)
+    assert "Non-finite loss_d (NaN or inf) at global step 8 (detected at epoch 1)" in str(err.value)
     kept = torch.load(Path(cfg.paths.output_dir) / "checkpoints/last.ckpt", weights_only=True)
     assert kept["epoch"] == 0 and all(torch.isfinite(v).all() for v in kept["state_dict"].values())
 

@@ -1,8 +1,9 @@
 """`python -m dcgan_lightning.bench [--quick] [--only SECTION ...]`: every section, one table.
 
-A section is any module of this package with `run(quick) -> list[dict]`; each runs in turn, and
-the table (markdown, ready for the README) names the machine the figures came from and how busy
-it was: figures from a machine shared with other work are noisy.
+A section is any module of this package with `run(quick) -> list[dict]`; each runs in turn (with
+the module's `THREADS` torch threads if it sets them, unless `--threads` is given), and the table
+(markdown, ready for the README) names the machine the figures came from and how busy it was:
+figures from a machine shared with other work are noisy.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import dcgan_lightning.bench as bench
 
 
 def sections() -> list[str]:
-    """Every module of this package but `__init__` and `__main__`."""
-    names = (m.name for m in pkgutil.iter_modules(bench.__path__))
-    return sorted(name for name in names if not name.startswith("_"))
+    """Every module of this package with a `run` (not `gpu_check`, a command of its own)."""
+    names = (m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
+    return sorted(
+        n for n in names if hasattr(importlib.import_module(f"{bench.__name__}.{n}"), "run")
+    )
 
 
 def machine() -> str:
@@ -55,18 +58,21 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, help="torch threads (1: steadier figures on a busy machine)"
     )
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or torch.get_num_threads()
 
     rows, failed, load = [], [], os.getloadavg()[0]
     for name in args.only or sections():
         start = time.perf_counter()
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         try:
-            rows += importlib.import_module(f"{bench.__name__}.{name}").run(quick=args.quick)
+            module = importlib.import_module(f"{bench.__name__}.{name}")
+            torch.set_num_threads(args.threads or getattr(module, "THREADS", threads))
+            rows += module.run(quick=args.quick)
         except Exception:
             traceback.print_exc()
             failed.append(name)
+        finally:
+            torch.set_num_threads(threads)
         print(f"[bench] {name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     load = f"load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     print(f"\nMachine: {machine()}; {load}\n")

@@ -2,29 +2,35 @@
 
 Both sides build the project's Generator and Discriminator from the same model config, with the
 same init, optimizers, batch, precision and memory format, and take the same step: one G forward,
-a D step on real and detached fake, a G step with D frozen, the logged statistics computed. Raw
-and framework runs alternate, so drift on a shared machine hits both alike; warm-up batches are
-excluded and every figure is a median of repeats.
+a D step on real and detached fake, a G step with D frozen, the logged statistics computed. The
+framework side is `train(cfg)` with the user's default config (Rich progress bar, W&B offline,
+default callbacks), so its ratio is what a user gets. Raw and framework runs alternate, so drift
+on a shared machine hits both alike; warm-up batches are excluded and every figure is a median of
+repeats of a timed window of batches.
 Run alone: `python -m dcgan_lightning.bench.training [--quick]`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+import wandb
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
@@ -41,29 +47,75 @@ from dcgan_lightning.train import train
 
 SECTION = "training"
 BATCH = 64
+GPU_BATCH = 128  # a GPU step at batch 64 is too short to measure the loop around it
+GPU_SIZES = (64, 128, 256)
+
+
+DISTINCT_IMAGES = 512  # drawn once per size and process, then repeated
+
+
+@functools.lru_cache(maxsize=4)
+def _drawn(distinct: int, seed: int, image_size: int, channels: int) -> torch.Tensor:
+    shapes = ShapesDataModule(distinct, seed, image_size=image_size, channels=channels)
+    return shapes.load_images()
+
+
+class TiledShapes(ShapesDataModule):
+    """`num_images` shapes that repeat `distinct` drawn ones, drawn once per process.
+
+    A 256 px shape takes ~10-50 ms to draw and a bench run needs thousands; what a batch costs
+    the loop does not depend on which pixels it holds.
+    """
+
+    def __init__(self, distinct: int = DISTINCT_IMAGES, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.distinct = distinct
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{super().fingerprint}-tiled{self.distinct}"
+
+    def load_images(self) -> torch.Tensor:
+        distinct = min(self.distinct, self.num_images)
+        drawn = _drawn(distinct, self.seed, self.image_size, self.channels)
+        return drawn.repeat(-(-self.num_images // len(drawn)), 1, 1, 1)[: self.num_images]
 
 
 @dataclass(frozen=True)
 class Case:
+    """One configuration both sides run; `features` is G's and D's base width."""
+
     name: str
     precision: str
     channels_last: bool
     image_size: int = 64
     compile: bool = False
+    batch: int = BATCH
+    features: int = 64
 
 
 def cases(device: str) -> list[Case]:
-    """fp32, mixed precision and channels_last at 64 px; on GPU also 128/256 px and compile."""
+    """fp32, mixed precision and channels_last at 64 px; on GPU (batch 128) also 128/256 px, each
+    size with and without compile."""
     amp = amp_precision("gpu" if device == "cuda" else "cpu")
     amp = "bf16-mixed" if amp == "32-true" else amp  # measure bf16 even where it is not the default
-    base = [Case("fp32", "32-true", False), Case(amp, amp, False), Case(f"{amp} + cl", amp, True)]
+    batch = GPU_BATCH if device == "cuda" else BATCH
+    base = [
+        Case("fp32", "32-true", False, batch=batch),
+        Case(amp, amp, False, batch=batch),
+        Case(f"{amp} + cl", amp, True, batch=batch),
+    ]
     if device != "cuda":
         return base
+    sized = [c for c in gpu_sized_cases(amp) if c.image_size != 64 or c.compile]  # base has 64
+    return [*base, *sized]
+
+
+def gpu_sized_cases(amp: str) -> list[Case]:
+    """The sizes a GPU user trains at, each eager and compiled: `amp`, channels_last, batch 128."""
     return [
-        *base,
-        Case(f"{amp} + cl, 128 px", amp, True, image_size=128),
-        Case(f"{amp} + cl, 256 px", amp, True, image_size=256),
-        Case(f"{amp} + cl + compile", amp, True, compile=True),
+        Case(f"{amp} + cl, {size} px{' + compile' * compile}", amp, True, size, compile, GPU_BATCH)
+        for size, compile in itertools.product(GPU_SIZES, (False, True))
     ]
 
 
@@ -73,64 +125,129 @@ def _now(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def _seconds_per_batch(marks: list[float]) -> float:
-    return statistics.median(b - a for a, b in itertools.pairwise(marks))
+class Window:
+    """Times batches [warmup, warmup + n) start to start: all the loop does for them (loading, the
+    step, logging, callbacks). The device is synchronised at the window's two ends only, so the
+    host runs ahead of the device between them as in a real run; a mean over the window, not a
+    median of batches, so work done every k batches (logging, a bar refresh) counts."""
+
+    def __init__(self, warmup: int, n: int) -> None:
+        self.warmup, self.n = warmup, n
+        self.start: float | None = None
+        self.end: float | None = None
+
+    def mark(self, batch_idx: int, device: torch.device) -> None:
+        """Call at the start of every batch."""
+        if batch_idx == self.warmup:
+            self.start = _now(device)
+        elif batch_idx == self.warmup + self.n:
+            self.end = _now(device)
+
+    @property
+    def seconds_per_batch(self) -> float:
+        if self.start is None or self.end is None:
+            raise RuntimeError(f"the run ended before batch {self.warmup + self.n} began")
+        return (self.end - self.start) / self.n
 
 
 class BatchTimer(Callback):
-    """Marks the start of every batch after `warmup`; rank 0 writes the marks to `out` as JSON.
+    """A `Window` as a callback; rank 0 writes its seconds per batch to `out` (JSON), as a run
+    built by `train(cfg)` is out of reach once it ends."""
 
-    Start to start, a batch's time holds all the loop does for it: loading, the step, logging and
-    callbacks.
-    """
-
-    def __init__(self, warmup: int, out: str) -> None:
-        self.warmup, self.out = warmup, out
-        self.marks: list[float] = []
+    def __init__(self, warmup: int, n: int, out: str | None = None) -> None:
+        self.window, self.out = Window(warmup, n), out
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, batch_idx: int
     ) -> None:
-        if batch_idx >= self.warmup:
-            self.marks.append(_now(pl_module.device))
+        self.window.mark(batch_idx, pl_module.device)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:
-            Path(self.out).write_text(json.dumps(self.marks))
+        if self.out and trainer.is_global_zero:
+            Path(self.out).write_text(json.dumps(self.window.seconds_per_batch))
 
 
-def _overrides(case: Case, device: torch.device, batches: int) -> list[str]:
-    """The default config at this case's size and precision, `batches` batches, CSV logs."""
+def model_overrides(case: Case) -> list[str]:
+    """The model keys a case changes: the raw loop composes the same ones."""
     return [
-        "data=shapes",
-        f"data.image_size={case.image_size}",
-        f"data.batch_size={BATCH}",
-        f"data.num_images={BATCH * batches}",
-        f"trainer={'gpu' if device.type == 'cuda' else 'cpu'}",
-        f"trainer.precision={case.precision}",
+        f"model.generator.features={case.features}",
+        f"model.discriminator.features={case.features}",
         f"model.channels_last={case.channels_last}",
         f"model.compile={case.compile}",
+    ]
+
+
+def case_overrides(case: Case, device: torch.device, batches: int) -> list[str]:
+    """The default config at this case's size, width, batch and precision, `batches` batches."""
+    return [
+        "data=shapes",
+        f"data._target_={TiledShapes.__module__}.TiledShapes",
+        f"data.image_size={case.image_size}",
+        f"data.batch_size={case.batch}",
+        f"data.num_images={case.batch * batches}",
+        f"trainer={'gpu' if device.type == 'cuda' else 'cpu'}",
+        f"trainer.precision={case.precision}",
+        *model_overrides(case),
         "trainer.max_epochs=1",
         f"++trainer.limit_train_batches={batches}",
-        "++trainer.limit_val_batches=0",
-        "logger=csv",
-        "~callbacks.progress_bar",  # it would print over the table (it costs ~1 ms a batch)
-        "++trainer.enable_progress_bar=false",
-        "++trainer.enable_model_summary=false",
     ]
 
 
-def framework_seconds(case: Case, device: torch.device, warmup: int, n: int, tmp: Path) -> float:
-    """Median seconds per batch of `train(cfg)`, the path `python -m dcgan_lightning` takes."""
-    out = tmp / "marks.json"
-    overrides = [
-        *_overrides(case, device, warmup + n + 1),
+# What the bench stripped from the default config until issue 17: no progress bar, CSV logs.
+BENCH_LIKE = [
+    "logger=csv",
+    "~callbacks.progress_bar",
+    "++trainer.enable_progress_bar=false",
+    "++trainer.enable_model_summary=false",
+]
+
+
+@contextlib.contextmanager
+def as_user() -> Iterator[None]:
+    """What a user's terminal gives a run: W&B offline (no login here), a live Rich progress bar.
+
+    Rich draws live only on an interactive terminal; TTY_COMPATIBLE/TTY_INTERACTIVE make it draw
+    as it would there, and its output goes to /dev/null so it does not print over the table.
+    """
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "TTY_COMPATIBLE": "1"}
+    env["TTY_INTERACTIVE"] = "1"
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    wandb.setup()  # W&B's service process starts once, here, not inside the first timed window
+    try:
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def timer_overrides(warmup: int, n: int, out: Path) -> list[str]:
+    """Add a `BatchTimer` to a composed run's callbacks."""
+    return [
         f"+callbacks.timer._target_={BatchTimer.__module__}.BatchTimer",
         f"+callbacks.timer.warmup={warmup}",
+        f"+callbacks.timer.n={n}",
         f"+callbacks.timer.out={out}",
     ]
-    train(compose_train_config(overrides, tmp / "run"))
-    return _seconds_per_batch(json.loads(out.read_text()))
+
+
+def framework_seconds(
+    case: Case, device: torch.device, warmup: int, n: int, tmp: Path, user: bool = True
+) -> float:
+    """Seconds per batch of `train(cfg)`, the path `python -m dcgan_lightning` takes: with the
+    user's default config (`user`), or stripped as the bench ran it before (`BENCH_LIKE`)."""
+    out = tmp / "seconds.json"
+    overrides = [*case_overrides(case, device, warmup + n + 1), *timer_overrides(warmup, n, out)]
+    if user:
+        with as_user():
+            train(compose_train_config(overrides, tmp / "run"))
+    else:
+        train(compose_train_config([*overrides, *BENCH_LIKE], tmp / "run"))
+    return json.loads(out.read_text())
 
 
 def raw_seconds(
@@ -141,7 +258,7 @@ def raw_seconds(
     warmup: int,
     n: int,
 ) -> float:
-    """Median seconds per batch of a plain PyTorch loop (the pytorch/examples recipe)."""
+    """Seconds per batch of a plain PyTorch loop (the pytorch/examples recipe)."""
     G = Generator(model_cfg.z_dim, case.image_size, images.size(1), **model_cfg.generator)
     D = Discriminator(case.image_size, images.size(1), **model_cfg.discriminator)
     G.apply(dcgan_init), D.apply(dcgan_init)
@@ -154,14 +271,15 @@ def raw_seconds(
     dtype = torch.float16 if case.precision == "16-mixed" else torch.bfloat16
     autocast = torch.autocast(device.type, dtype, enabled=case.precision != "32-true")
     scaler = torch.amp.GradScaler(device.type, enabled=case.precision == "16-mixed")
-    order, marks, logged = torch.randperm(len(images)), [], []
+    # The set on the device once, as `data.on_device=auto` holds small sets: the loop's cost only.
+    images, window, logged, batch = images.to(device), Window(warmup, n), [], case.batch
+    order = torch.randperm(len(images), device=device)
     for i in range(warmup + n + 1):
-        if i >= warmup:
-            marks.append(_now(device))
-        real = images[order[i * BATCH : (i + 1) * BATCH]].to(device, non_blocking=True)
+        window.mark(i, device)
+        real = images[order[i * batch : (i + 1) * batch]]
         real = real.float().div_(127.5).sub_(1.0).contiguous(memory_format=memory_format)
         with autocast:
-            fake = G(torch.randn(BATCH, model_cfg.z_dim, device=device))
+            fake = G(torch.randn(batch, model_cfg.z_dim, device=device))
             d_real, d_fake = D(real), D(fake.detach())
             loss_d = discriminator_loss(model_cfg.loss, d_real, d_fake)
         opt_d.zero_grad(set_to_none=True)
@@ -179,7 +297,7 @@ def raw_seconds(
         D.requires_grad_(True)
         d_x, d_g_z = torch.sigmoid(d_real.detach().float()), torch.sigmoid(d_fake.detach().float())
         logged.append(torch.stack([loss_d.detach(), d_x.mean(), d_g_z.mean(), loss_g.detach()]))
-    return _seconds_per_batch(marks)
+    return window.seconds_per_batch
 
 
 def peak_rss_mib(args: list[str], log: Path) -> float:
@@ -210,7 +328,7 @@ def _measure(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if side == "raw":
-        model_cfg = compose_train_config([], tmp).model
+        model_cfg = compose_train_config(model_overrides(case), tmp).model
         seconds = raw_seconds(case, model_cfg, data[case.image_size], device, *args)
     else:
         seconds = framework_seconds(case, device, *args, tmp)
@@ -221,53 +339,80 @@ def _measure(
 
 
 def _rows(
-    timings: dict, device: torch.device, repeats: int, n: int, rss: dict[str, float]
+    timings: dict, chosen: list[Case], device: torch.device, repeats: int, n: int
 ) -> list[dict]:
-    rows, where = [], f"{device.type}, batch {BATCH}, median of {repeats} x {n} batches"
-    for case in cases(device.type):
+    rows, where = [], f"{device.type}, median of {repeats} x {n} batches"
+    target = "target >= 0.95 on GPU" if device.type == "cuda" else "target >= 0.97"
+    for case in chosen:
         raw, fw = timings[(case.name, "raw")], timings[(case.name, "framework")]
         for side, seconds in (("raw loop", raw), ("train(cfg)", fw)):
-            rate = BATCH / statistics.median(seconds)
-            spread = f"{BATCH / max(seconds):.0f}-{BATCH / min(seconds):.0f}"
-            note = f"{case.image_size} px, {where}; repeats {spread}"
+            rate = case.batch / statistics.median(seconds)
+            spread = f"{case.batch / max(seconds):.0f}-{case.batch / min(seconds):.0f}"
+            note = f"{case.image_size} px, batch {case.batch}, {where}; repeats {spread}"
             rows.append(row(SECTION, f"{case.name}: {side}", rate, "img/s", note))
         ratio = statistics.median(raw) / statistics.median(fw)  # of seconds: img/s fw / raw
-        rows.append(row(SECTION, f"{case.name}: train(cfg) / raw", ratio, "x", "target >= 0.97"))
+        note = f"default config (progress bar, W&B offline); {target}"
+        rows.append(row(SECTION, f"{case.name}: train(cfg) / raw", ratio, "x", note))
         for side in ("raw", "framework") if device.type == "cuda" else ():
             peak = max(timings[(case.name, f"{side} GPU")])
             rows.append(row(SECTION, f"{case.name}: {side} peak GPU memory", peak, "MiB"))
-    default = cases(device.type)[2].name
-    fp32_raw = statistics.median(timings[("fp32", "raw")])
-    speedup = fp32_raw / statistics.median(timings[(default, "framework")])
-    note = "target >= 1.8 on CPU"
-    rows.append(row(SECTION, f"{default}: train(cfg) / fp32 raw loop", speedup, "x", note))
-    note = "python -m dcgan_lightning, 64 px, bf16 + cl, CPU"
-    rows.append(row(SECTION, "peak RSS of a training process", rss["training"], "MiB", note))
-    note = "baseline: python -c 'import torch'"
-    rows.append(row(SECTION, "peak RSS of importing torch", rss["import torch"], "MiB", note))
+    names = [case.name for case in chosen]
+    if "fp32" in names and len(names) > 2:
+        default = names[2]
+        fp32_raw = statistics.median(timings[("fp32", "raw")])
+        speedup = fp32_raw / statistics.median(timings[(default, "framework")])
+        note = "target >= 1.8 on CPU"
+        rows.append(row(SECTION, f"{default}: train(cfg) / fp32 raw loop", speedup, "x", note))
     return rows
 
 
-def run(quick: bool = False) -> list[dict]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _rss_rows(rss: dict[str, float]) -> list[dict]:
+    note = "python -m dcgan_lightning, 64 px, bf16 + cl, CPU"
+    return [
+        row(SECTION, "peak RSS of a training process", rss["training"], "MiB", note),
+        row(SECTION, "peak RSS of importing torch", rss["import torch"], "MiB", "import torch"),
+    ]
+
+
+def window(device: torch.device, quick: bool) -> tuple[int, int, int]:
+    """(warm-up batches, timed batches, repeats); on GPU compile and cudnn autotuning happen in
+    a longer warm-up, and a window of 10 batches would be a few ms."""
     warmup, n, repeats = (2, 4, 1) if quick else (3, 10, 3)
     if device.type == "cuda":
-        warmup, n = warmup + 5, n * 3  # compile and cudnn autotuning happen in the warm-up
-        torch.backends.cudnn.benchmark = True  # as conf/trainer/gpu.yaml sets it for train(cfg)
-    for name in ("lightning.pytorch", "lightning.fabric"):
+        warmup, n = warmup + 5, n * 3
+    return warmup, n, repeats
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Lightning's and this project's info logs and warnings off: they would bury the table."""
+    for name in ("lightning.pytorch", "lightning.fabric", "dcgan_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("dcgan_lightning").setLevel(logging.WARNING)
-    timings: dict[tuple[str, str], list[float]] = {}
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sizes = {case.image_size for case in cases(device.type)}
-        num_images = BATCH * (warmup + n + 1)
-        data = {s: ShapesDataModule(num_images, image_size=s).load_images() for s in sizes}
-        for r, (i, case) in itertools.product(range(repeats), enumerate(cases(device.type))):
+        yield
+
+
+def measure(chosen: list[Case], device: torch.device, quick: bool = False) -> list[dict]:
+    """Raw loop against `train(cfg)` for every case, interleaved; the rows of the table."""
+    warmup, n, repeats = window(device, quick)
+    torch.backends.cudnn.benchmark = True  # as conf/trainer/gpu.yaml sets it for train(cfg)
+    timings: dict[tuple[str, str], list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp, quiet():
+        sizes = {case.image_size for case in chosen}
+        num_images = max(case.batch for case in chosen) * (warmup + n + 1)
+        data = {s: TiledShapes(num_images=num_images, image_size=s).load_images() for s in sizes}
+        for r, (i, case) in itertools.product(range(repeats), enumerate(chosen)):
             for side in ("raw", "framework")[:: 1 if r % 2 == 0 else -1]:
                 run_dir = Path(tmp) / f"{r}-{i}-{side}"
                 _measure(timings, case, side, data, device, (warmup, n), run_dir)
-        overrides = _overrides(cases("cpu")[-1], torch.device("cpu"), 12)
+    return _rows(timings, chosen, device, repeats, n)
+
+
+def memory_rows() -> list[dict]:
+    """Peak RSS of a CPU training process, against importing torch alone."""
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = [*case_overrides(cases("cpu")[-1], torch.device("cpu"), 12), *BENCH_LIKE]
         run_dir = f"hydra.run.dir={Path(tmp) / 'rss'}"
         rss = {
             "training": peak_rss_mib(
@@ -275,7 +420,12 @@ def run(quick: bool = False) -> list[dict]:
             ),
             "import torch": peak_rss_mib(["-c", "import torch"], Path(tmp) / "log"),
         }
-    return _rows(timings, device, repeats, n, rss)
+    return _rss_rows(rss)
+
+
+def run(quick: bool = False) -> list[dict]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return [*measure(cases(device.type), device, quick), *memory_rows()]
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
 from dcgan_lightning.data.device_batches import (
@@ -20,6 +22,12 @@ from dcgan_lightning.data.device_batches import (
 )
 from dcgan_lightning.errors import UserError
 from dcgan_lightning.models.generator import channel_schedule
+
+log = logging.getLogger(__name__)
+
+# Seeds the one permutation of a dataset that picks its held-out slice and the metrics' real set:
+# a constant, not the run's seed, so both are the same in every run of that dataset.
+SPLIT_SEED = 0
 
 
 class UInt8Images(Dataset):
@@ -41,6 +49,36 @@ class UInt8Images(Dataset):
 def stack_batch(batch: torch.Tensor) -> torch.Tensor:
     """collate_fn for `UInt8Images`: its `__getitems__` already returns the stacked batch."""
     return batch
+
+
+def fixed_order(num_images: int) -> torch.Tensor:
+    """A permutation of range(num_images) that depends on num_images alone."""
+    return torch.randperm(num_images, generator=torch.Generator().manual_seed(SPLIT_SEED))
+
+
+def to_signed(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 images as the models see them: float in [-1, 1]."""
+    return batch.float().div_(127.5).sub_(1.0)
+
+
+def check_holdout(holdout: int | float | None) -> None:
+    """`data.holdout` is off (null, 0), a number of images, or a fraction in (0, 1)."""
+    count = isinstance(holdout, int) and not isinstance(holdout, bool) and holdout >= 0
+    fraction = isinstance(holdout, float) and 0 <= holdout < 1
+    if holdout is not None and not (count or fraction):
+        raise UserError(
+            f"data.holdout={holdout!r}: give a number of images (e.g. 30) or a fraction in (0, 1) "
+            "(e.g. 0.1), or null for none"
+        )
+
+
+def holdout_count(holdout: int | float | None, num_images: int) -> int:
+    """How many of `num_images` to hold out: `holdout` images, or that fraction (at least one)."""
+    if not holdout:
+        return 0
+    if isinstance(holdout, float):
+        return max(1, round(holdout * num_images))
+    return holdout
 
 
 def check_images_per_rank(num_images: int, world_size: int, batch_size: int) -> None:
@@ -75,6 +113,10 @@ class ImageDataModule(LightningDataModule, ABC):
     the bytes of float32) is what crosses to the GPU. With `on_device` (`auto`: when the set fits
     `device_memory_fraction` of an accelerator's memory) the set crosses once, and training
     batches are indexed on the device (`device_batches`).
+
+    `holdout` (a number of images or a fraction) takes images out of the set before anything else
+    sees it, as `holdout_images`: never trained on, never in the metrics' real set; they show how
+    far D memorises (`callbacks/overfitting.py`). `images` is then the rest, the training set.
     """
 
     def __init__(
@@ -86,6 +128,7 @@ class ImageDataModule(LightningDataModule, ABC):
         flip: bool = False,
         on_device: bool | str = "auto",
         device_memory_fraction: float = 0.25,
+        holdout: int | float | None = None,
     ) -> None:
         super().__init__()
         channel_schedule(image_size, 1)  # validates image_size before any data is touched
@@ -99,6 +142,9 @@ class ImageDataModule(LightningDataModule, ABC):
             raise ValueError(
                 f"device_memory_fraction must be in (0, 1], got {device_memory_fraction}"
             )
+        check_holdout(holdout)
+        self.holdout = holdout
+        self.holdout_images: torch.Tensor | None = None  # uint8, never trained on
         self.on_device, self.device_memory_fraction = on_device, device_memory_fraction
         self.device_images: torch.Tensor | None = None  # the set on the device, once moved
         self.image_size, self.channels = image_size, channels
@@ -121,8 +167,40 @@ class ImageDataModule(LightningDataModule, ABC):
             if images.dtype != torch.uint8 or tuple(images.shape[1:]) != expected:
                 got = f"{images.dtype} {tuple(images.shape)}"
                 raise RuntimeError(f"{type(self).__name__} gave {got}, expected uint8 {expected}")
-            check_images_per_rank(len(images), self.world_size, self.batch_size)
-            self.images = images
+            self.images = self._hold_out(images)
+
+    def _hold_out(self, images: torch.Tensor) -> torch.Tensor:
+        """The training images; the last `holdout` of the dataset's fixed order go to
+        `holdout_images`. The rest keep that order, so the metrics' real set (its first images)
+        is the one a run without holdout uses."""
+        total, held = len(images), holdout_count(self.holdout, len(images))
+        if held >= total:
+            raise UserError(
+                f"data.holdout={self.holdout} holds out {held} of {total} images, leaving none "
+                "to train on: lower data.holdout"
+            )
+        try:
+            check_images_per_rank(total - held, self.world_size, self.batch_size)
+        except UserError as err:
+            if not held:
+                raise
+            raise UserError(
+                f"data.holdout={self.holdout} holds out {held} of {total} images: {err} "
+                "(or lower data.holdout)"
+            ) from None
+        if not held:
+            return images
+        order = fixed_order(total)
+        self.holdout_images = images[order[total - held :]]
+        if rank_zero_only.rank == 0:
+            log.info(
+                "Held out %d of %d images (data.holdout=%s), never trained on: training on %d",
+                held,
+                total,
+                self.holdout,
+                total - held,
+            )
+        return images[order[: total - held]]
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         """Batches indexed on the device when the set is held there, else the pinned loader."""
@@ -165,10 +243,12 @@ class ImageDataModule(LightningDataModule, ABC):
 
         The quality metrics compare generated images with these: the same subset in every run (its
         features can be cached), split across ranks without the padding DistributedSampler adds.
+        With a holdout the training images are in the fixed order already (`_hold_out`).
         """
         if not self.num_val_images:
             return []
-        order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(0))
+        held_out = self.holdout_images is not None
+        order = torch.arange(len(self.images)) if held_out else fixed_order(len(self.images))
         dataset = UInt8Images(self.images[order[: self.num_val_images]])
         sampler = None
         if self.trainer is not None and self.trainer.world_size > 1:
@@ -190,7 +270,7 @@ class ImageDataModule(LightningDataModule, ABC):
         )
 
     def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> Any:
-        images = batch.float().div_(127.5).sub_(1.0)
+        images = to_signed(batch)
         if self.flip and self.trainer is not None and self.trainer.training:
             flip = torch.rand(images.size(0), device=images.device) < 0.5
             images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)

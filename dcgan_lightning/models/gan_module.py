@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from torch.optim import Optimizer
 from dcgan_lightning.divergence import NonFiniteGuard
 from dcgan_lightning.errors import UserError
 from dcgan_lightning.models.ada import AdaptiveAugment
+from dcgan_lightning.models.compile import compile_mode, compile_nets, mark_step_begin
 from dcgan_lightning.models.diffaugment import DiffAugment
 from dcgan_lightning.models.discriminator import Discriminator
 from dcgan_lightning.models.ema import EMA
@@ -25,6 +27,8 @@ from dcgan_lightning.rng import gather_rng_states, keyed_generator, restore_rng_
 from dcgan_lightning.strategy import sync_buffers
 
 OptimizerFactory = Callable[..., Optimizer]
+# Lightning asks for sync_dist=True on epoch-level values; ours are reduced before they are logged.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('train/")
 
 
 class GAN(LightningModule):
@@ -53,7 +57,7 @@ class GAN(LightningModule):
         grad_clip_norm: float | None = None,
         on_nonfinite: str = "stop",
         channels_last: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
         num_fixed_samples: int = 64,
     ) -> None:
         super().__init__()
@@ -66,6 +70,7 @@ class GAN(LightningModule):
                 f"model.label_smoothing={label_smoothing} works with model.loss=bce only, not "
                 f"{loss!r}: hinge and least-squares losses have no target to smooth"
             )
+        compile_mode(compile)  # a bad value fails here, before any training
         if d_steps_per_g_step < 1:
             raise ValueError(f"d_steps_per_g_step must be >= 1, got {d_steps_per_g_step}")
         self.save_hyperparameters(ignore=["optimizer_g", "optimizer_d"], logger=False)
@@ -124,6 +129,7 @@ class GAN(LightningModule):
         opt_g, opt_d = self.optimizers()
         G, D = self.train_nets["G"], self.train_nets["D"]
         hp, guard = self.hparams, self.nonfinite
+        mark_step_begin(hp.compile)  # CUDA graphs: the last step's outputs are free
         if hp.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
         # Batches over the whole run (batch_idx restarts each epoch), restored on resume.
@@ -142,7 +148,6 @@ class GAN(LightningModule):
             if guard.finite(self.trainer, loss_d, "loss_d"):  # `skip` leaves the update out
                 self.manual_backward(loss_d)
                 opt_d.step()
-                guard.stepped()
         logs = {"loss_d": loss_d, **d_outputs(hp.loss, d_real, d_fake)}
         if hp.ada:  # r_t from D(augmented real); one all-reduce every `interval` batches
             self.augment.observe(d_real)
@@ -158,7 +163,6 @@ class GAN(LightningModule):
                 if guard.finite(self.trainer, loss_g, "loss_g"):
                     self.manual_backward(loss_g)
                     opt_g.step()
-                    guard.stepped()
                     self._update_ema()
             logs["loss_g"] = loss_g
         self._log_train(logs)
@@ -172,16 +176,15 @@ class GAN(LightningModule):
             steps = {f"train/{k}_step": v.detach().float() for k, v in logs.items()}
             self.log_dict(steps, prog_bar=True, on_step=True, on_epoch=False)
 
-    def on_train_start(self) -> None:
-        self.nonfinite.start(self.global_step)
-
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # On the epoch's last batch, so that callbacks' `on_train_epoch_end` (plots) see them.
         if self.trainer.fit_loop.epoch_loop._is_training_done:
             self.nonfinite.check(self.trainer)
             means = self.train_logs.epoch_means(self.trainer)  # one collective per epoch
             epoch = {f"train/{k}_epoch": v for k, v in means.items()}
-            self.log_dict(epoch, on_step=False, on_epoch=True, sync_dist=True)  # equal everywhere
+            # Reduced already, equal on every rank: sync_dist=True would reduce again, lazily, in
+            # whichever hook first reads callback_metrics (a hang if that runs on rank 0 only).
+            self.log_dict(epoch, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
         sync_buffers(self)
@@ -199,9 +202,8 @@ class GAN(LightningModule):
             self.clip_gradients(optimizer, self.hparams.grad_clip_norm, "norm")
 
     def configure_model(self) -> None:
-        if self.hparams.compile:
-            self.generator.compile()
-            self.discriminator.compile()
+        device = self.trainer.strategy.root_device.type  # the model may not be there yet
+        compile_nets(self.generator, self.discriminator, self.hparams.compile, device)
 
     def configure_optimizers(self) -> list[Optimizer]:
         return [

@@ -1,0 +1,183 @@
+"""What the loop around a GAN step costs: four loops over the same step, side by side.
+
+With tiny nets (features 8, 32 px, batch 16, fp32) the step itself costs almost nothing, so the
+per-batch time is the loop's own: (1) the raw PyTorch loop of the `training` section (the
+pytorch/examples step); (2) a bare Lightning module, manual optimization with `toggled_optimizer`,
+no logging, no progress bar (`BareGAN` below); (3) `train(cfg)` stripped as the bench ran it
+before (no progress bar, CSV logs); (4) `train(cfg)` with the user's default config (Rich progress
+bar, W&B offline, default callbacks), only the nets shrunk. Every Lightning row times a window of
+batches after a warm-up with a callback, so start-up is not counted; the four alternate, in a
+rotating order, and each figure is a median of repeats. On a GPU the bench runs this at real sizes
+too (`gpu_check`), where a step of ~2 ms makes the loop's cost show.
+Run alone: `python -m dcgan_lightning.bench.overhead [--quick]`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from dcgan_lightning.bench import row
+from dcgan_lightning.bench.training import (
+    BatchTimer,
+    Case,
+    TiledShapes,
+    case_overrides,
+    framework_seconds,
+    model_overrides,
+    quiet,
+    raw_seconds,
+)
+from dcgan_lightning.compose import compose_train_config
+from dcgan_lightning.models.discriminator import Discriminator
+from dcgan_lightning.models.generator import Generator
+from dcgan_lightning.models.init import dcgan_init
+from dcgan_lightning.models.losses import discriminator_loss, generator_loss
+
+SECTION = "overhead"
+THREADS = 2  # torch threads unless `--threads` says otherwise: the issue's figures used 2
+TINY = Case("tiny nets", "32-true", channels_last=True, image_size=32, batch=16, features=8)
+LOOPS = ("raw", "bare", "bench", "user")
+LABELS = {
+    "raw": "raw PyTorch loop",
+    "bare": "bare Lightning module",
+    "bench": "train(cfg), bench-like (no progress bar, CSV)",
+    "user": "train(cfg), user default (Rich bar, W&B offline)",
+}
+
+
+class BareGAN(pl.LightningModule):
+    """The least a Lightning DCGAN needs: the same step, nothing logged, no metrics, no EMA."""
+
+    def __init__(self, model: DictConfig, image_size: int, channels: int) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.cfg = model
+        self.generator = Generator(model.z_dim, image_size, channels, **model.generator)
+        self.discriminator = Discriminator(image_size, channels, **model.discriminator)
+        self.generator.apply(dcgan_init)
+        self.discriminator.apply(dcgan_init)
+        self.memory_format = torch.channels_last if model.channels_last else torch.preserve_format
+        self.to(memory_format=self.memory_format)
+
+    def configure_model(self) -> None:
+        if self.cfg.compile:
+            self.generator.compile()
+            self.discriminator.compile()
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [
+            instantiate(self.cfg.optimizer_g)(params=self.generator.parameters()),
+            instantiate(self.cfg.optimizer_d)(params=self.discriminator.parameters()),
+        ]
+
+    def training_step(self, real: torch.Tensor, batch_idx: int) -> None:
+        opt_g, opt_d = self.optimizers()
+        G, D = self.generator, self.discriminator
+        real = real.contiguous(memory_format=self.memory_format)
+        fake = G(torch.randn(real.size(0), self.cfg.z_dim, device=self.device))
+        with self.toggled_optimizer(opt_d):
+            loss_d = discriminator_loss(self.cfg.loss, D(real), D(fake.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(loss_d)
+            opt_d.step()
+        with self.toggled_optimizer(opt_g):
+            loss_g = generator_loss(self.cfg.loss, D(fake))
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(loss_g)
+            opt_g.step()
+
+
+def bare_seconds(case: Case, device: torch.device, warmup: int, n: int, tmp: Path) -> float:
+    """Seconds per batch of `BareGAN` under a plain Trainer, on the datamodule `train` builds."""
+    cfg = compose_train_config(case_overrides(case, device, warmup + n + 1), tmp)
+    datamodule = instantiate(cfg.data)
+    model = BareGAN(cfg.model, datamodule.image_size, datamodule.channels)
+    timer = BatchTimer(warmup, n)
+    trainer = pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        precision=case.precision,
+        max_epochs=1,
+        limit_train_batches=warmup + n + 1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        benchmark=device.type == "cuda",
+        default_root_dir=tmp,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    return timer.window.seconds_per_batch
+
+
+def window(device: torch.device, quick: bool) -> tuple[int, int, int]:
+    """(warm-up, timed batches, repeats). Windows are whole multiples of the default
+    `log_every_n_steps` (10), so periodic logging is counted at its true rate."""
+    if device.type == "cuda":
+        return (20, 100, 1) if quick else (30, 200, 3)
+    return (10, 50, 1) if quick else (10, 100, 5)
+
+
+def measure(case: Case, device: torch.device, quick: bool = False) -> dict[str, list[float]]:
+    """Seconds per batch of each of `LOOPS`, `repeats` each, interleaved in a rotating order."""
+    warmup, n, repeats = window(device, quick)
+    times: dict[str, list[float]] = {loop: [] for loop in LOOPS}
+    with tempfile.TemporaryDirectory() as tmp_dir, quiet():
+        tmp = Path(tmp_dir)
+        images = TiledShapes(num_images=case.batch * (warmup + n + 1), image_size=case.image_size)
+        images = images.load_images()
+        model_cfg = compose_train_config(model_overrides(case), tmp).model
+        for r in range(repeats):
+            for loop in LOOPS[r % 4 :] + LOOPS[: r % 4]:
+                run_dir = tmp / f"{r}-{loop}"
+                if loop == "raw":
+                    seconds = raw_seconds(case, model_cfg, images, device, warmup, n)
+                elif loop == "bare":
+                    seconds = bare_seconds(case, device, warmup, n, run_dir)
+                else:
+                    seconds = framework_seconds(case, device, warmup, n, run_dir, loop == "user")
+                times[loop].append(seconds)
+    return times
+
+
+def rows(case: Case, device: torch.device, times: dict[str, list[float]]) -> list[dict]:
+    """ms/batch of each loop, and its ratio to the raw loop and to the bare Lightning module."""
+    ms = {loop: 1e3 * statistics.median(t) for loop, t in times.items()}
+    repeats = len(times["raw"])
+    what = (
+        f"{case.image_size} px, features {case.features}, batch {case.batch}, {case.precision}"
+        f"{', compile' if case.compile else ''}, {device.type}, {torch.get_num_threads()} threads, "
+        f"median of {repeats}"
+    )
+    out = []
+    for loop in LOOPS:
+        spread = f"{1e3 * min(times[loop]):.2f}-{1e3 * max(times[loop]):.2f}"
+        ratios = f"{ms[loop] / ms['raw']:.2f}x raw, {ms[loop] / ms['bare']:.2f}x bare"
+        note = f"{ratios}; {what}; repeats {spread}"
+        out.append(row(SECTION, f"{case.name}: {LABELS[loop]}", ms[loop], "ms/batch", note))
+    target = "target <= 1.06"
+    ratio = ms["user"] / ms["bare"]
+    out.append(row(SECTION, f"{case.name}: user default / bare Lightning", ratio, "x", target))
+    return out
+
+
+def run(quick: bool = False) -> list[dict]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return rows(TINY, device, measure(TINY, device, quick))
+
+
+if __name__ == "__main__":
+    from dcgan_lightning.bench.__main__ import table
+
+    torch.set_num_threads(THREADS)
+    print(table(run(quick="--quick" in sys.argv)))

@@ -1,0 +1,152 @@
+"""The bench's own logic: timing windows, the overhead rows, `gpu_check` and its checks on CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from dcgan_lightning.bench import __main__ as bench_main
+from dcgan_lightning.bench import gpu_check, overhead, training
+from dcgan_lightning.bench.gpu_check import Result
+from tests.conftest import REPO
+
+TINY_CHECK = [  # a training check that runs in seconds on a CPU
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "++trainer.limit_train_batches=2",
+    "model.generator.features=8",
+    "model.discriminator.features=8",
+    "model.num_fixed_samples=4",
+    "data.num_images=32",
+    "data.batch_size=16",
+]
+
+
+def test_window_is_a_mean_over_its_batches_timed_at_its_ends_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Batch starts at 0, 1, 2, 3, 4, 11 s: after 1 warm-up batch, 3 batches of 1 s and one of
+    # 7 s (a logging batch): a median of batches would say 1 s.
+    starts, synced, batch = [0.0, 1.0, 2.0, 3.0, 4.0, 11.0], [], 0
+    monkeypatch.setattr(training, "_now", lambda device: synced.append(device) or starts[batch])
+    window = training.Window(warmup=1, n=4)
+    for batch in range(len(starts)):
+        window.mark(batch, torch.device("cpu"))
+    assert window.seconds_per_batch == pytest.approx(2.5)
+    assert len(synced) == 2  # the device waits at the window's two ends, never in between
+    with pytest.raises(RuntimeError, match="before batch 5 began"):
+        _ = training.Window(warmup=1, n=4).seconds_per_batch
+
+
+def test_gpu_cases_cover_every_size_eager_and_compiled() -> None:
+    sized = {(c.image_size, c.compile) for c in training.cases("cuda") if c.channels_last}
+    assert sized == {(s, c) for s in training.GPU_SIZES for c in (False, True)}
+    assert all(c.batch == training.GPU_BATCH for c in training.cases("cuda"))
+    assert next((c.precision, c.batch) for c in training.cases("cpu")) == ("32-true", 64)
+    assert {(c.image_size, c.compile) for c in gpu_check.bench_cases()} == sized
+
+
+def test_as_user_runs_like_a_terminal_and_restores_the_environment(capsys) -> None:
+    before = {k: os.environ.get(k) for k in ("WANDB_MODE", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
+    with training.as_user():
+        assert os.environ["WANDB_MODE"] == "offline"
+        assert os.environ["TTY_COMPATIBLE"] == os.environ["TTY_INTERACTIVE"] == "1"
+        print("progress bar output")
+    assert {k: os.environ.get(k) for k in before} == before
+    assert "progress bar output" not in capsys.readouterr().out
+
+
+def test_overhead_rows_give_ms_and_ratios_to_raw_and_bare() -> None:
+    times = {"raw": [0.008, 0.009], "bare": [0.010, 0.010], "bench": [0.011], "user": [0.012]}
+    rows = overhead.rows(overhead.TINY, torch.device("cpu"), times)
+    by_case = {r["case"].split(": ", 1)[1]: r for r in rows}
+    assert by_case[overhead.LABELS["raw"]]["value"] == pytest.approx(8.5)
+    assert by_case[overhead.LABELS["user"]]["unit"] == "ms/batch"
+    assert "1.41x raw, 1.20x bare" in by_case[overhead.LABELS["user"]]["note"]
+    assert by_case["user default / bare Lightning"]["value"] == pytest.approx(1.2)
+
+
+@pytest.mark.slow
+def test_overhead_measures_all_four_loops(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(overhead, "window", lambda device, quick: (1, 2, 1))
+    times = overhead.measure(overhead.TINY, torch.device("cpu"), quick=True)
+    assert set(times) == set(overhead.LOOPS)
+    assert all(len(t) == 1 and 0 < t[0] < 10 for t in times.values()), times
+
+
+def test_gpu_check_table_puts_failures_first() -> None:
+    results = [Result("train", "model=dcgan, 32-true", "ok"), Result("pytest", "-m gpu", "FAILED")]
+    lines = gpu_check.table(results).splitlines()
+    assert lines[0] == "| stage | case | result | note |"
+    assert lines[2].startswith("| pytest | -m gpu | FAILED |")
+    assert lines[3].startswith("| train | model=dcgan, 32-true | ok |")
+
+
+def test_gpu_check_without_cuda_says_so_and_exits_0() -> None:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dcgan_lightning.bench.gpu_check"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == gpu_check.NO_GPU
+
+
+def test_training_check_passes_a_healthy_run(tmp_path: Path) -> None:
+    assert gpu_check.check_training(TINY_CHECK, tmp_path) == []
+    assert (tmp_path / "samples" / "epoch_0000.png").is_file()
+
+
+def test_training_check_names_frozen_parameters_and_a_missing_grid(tmp_path: Path) -> None:
+    frozen = ["model.optimizer_g.lr=0", "model.optimizer_d.lr=0", "~callbacks.sample_grid"]
+    problems = gpu_check.check_training([*TINY_CHECK, *frozen], tmp_path)
+    assert len(problems) == 2, problems
+    assert "parameters unchanged: generator." in problems[0]
+    assert "no sample grid" in problems[1]
+
+
+def test_tiled_shapes_repeat_the_drawn_ones() -> None:
+    dm = training.TiledShapes(distinct=4, num_images=10, image_size=32)
+    images = dm.load_images()
+    assert images.shape == (10, 3, 32, 32) and images.dtype == torch.uint8
+    assert torch.equal(images[4:8], images[:4]) and torch.equal(images[8:], images[:2])
+    assert not torch.equal(images[0], images[1])
+    assert "tiled4" in dm.fingerprint
+
+
+@pytest.mark.slow
+def test_gpu_check_bench_stage_gives_both_sections_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(overhead, "window", lambda device, quick: (1, 2, 1))
+    monkeypatch.setattr(training, "window", lambda device, quick: (1, 2, 1))
+    results = gpu_check.bench(torch.device("cpu"), [overhead.TINY])
+    by_stage = {(r.stage, r.case): r for r in results}
+    assert ("training", "tiny nets: train(cfg) / raw") in by_stage
+    assert by_stage[("overhead", "tiny nets: user default / bare Lightning")].result.endswith(" x")
+    assert not any(r.failed for r in results)
+
+
+def test_a_section_runs_with_its_threads_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    seen = []
+    fake = types.ModuleType("dcgan_lightning.bench.fake")
+    fake.THREADS = 1
+    fake.run = lambda quick: seen.append(torch.get_num_threads()) or []
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    monkeypatch.setattr(bench_main, "sections", lambda: ["fake"])
+    before = torch.get_num_threads()
+    assert bench_main.main(["--only", "fake"]) == 0
+    assert bench_main.main(["--only", "fake", "--threads", "2"]) == 0
+    assert seen == [1, 2]
+    assert torch.get_num_threads() == before
+    assert "| section | case |" in capsys.readouterr().out
