@@ -103,7 +103,7 @@ def _name_objective(rows: list[dict[str, Any]], metric: str) -> str:
     `objective (val/swd)` when no job had Inception weights; a mixed sweep keeps a per-row column
     saying which. Returns the metrics' names."""
     used = {r[OBJECTIVE_METRIC] for r in rows if r[OBJECTIVE_METRIC]}
-    names = " or ".join(sorted(used, key=lambda m: (m != metric, m))) or metric
+    names = " or ".join(sorted(used, key=lambda m: (m != metric, m))) or f"{metric}: not logged"
     renamed = {OBJECTIVE: f"{OBJECTIVE} ({names})"}
     for i, row in enumerate(rows):
         rows[i] = {

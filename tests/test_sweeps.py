@@ -128,13 +128,14 @@ def test_multirun_gives_each_job_its_dir_wandb_run_and_a_summary(tmp_path: Path)
 @pytest.mark.slow
 def test_a_failed_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    overrides = ["model.z_dim=0,8", "optimized_metric=train/loss_g", "logger=csv", *TINY]
+    overrides = ["model.z_dim=0,8", "optimized_metric=train/loss_g_epoch", "logger=csv", *TINY]
     run_cli("-m", f"hydra.sweep.dir={sweep}", *overrides, cwd=tmp_path)
     with open(sweep / "summary.csv") as f:
         rows = {r["overrides"]: r for r in csv.DictReader(f)}
     assert rows["model.z_dim=8"]["status"] == "completed"
     assert rows["model.z_dim=0"]["status"] == "failed"
     assert list(rows)[-1] == "model.z_dim=0"  # scored +inf: last
+    assert float(rows["model.z_dim=8"]["objective (train/loss_g_epoch)"]) < math.inf
 
 
 @pytest.mark.slow
@@ -144,7 +145,7 @@ def test_optuna_sweep_runs_two_trials_and_reports_the_best(tmp_path: Path) -> No
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=2",
         f"hydra.sweep.dir={sweep}",
-        "optimized_metric=train/loss_g",
+        "optimized_metric=train/loss_g_epoch",
         "logger=csv",
         *TINY,
         cwd=tmp_path,
