@@ -25,7 +25,8 @@ def test_identical_sets_score_one() -> None:
     real = clusters(CENTRES, 30, seed=0)
     values = prdc(real, real.clone(), chunk=64)
     assert values["precision"] == values["recall"] == values["coverage"] == 1
-    assert values["density"] == pytest.approx(1, abs=0.2)
+    # Each sample sits in its own real ball and in about k others: density ~ (1 + k) / k.
+    assert values["density"] == pytest.approx(1.2, abs=0.1)
 
 
 def test_far_apart_clusters_score_zero() -> None:
