@@ -202,7 +202,10 @@ class GAN(LightningModule):
             self.clip_gradients(optimizer, self.hparams.grad_clip_norm, "norm")
 
     def configure_model(self) -> None:
-        device = self.trainer.strategy.root_device.type  # the model may not be there yet
+        # Where training runs (the model may not be there yet); without a trainer (loading a
+        # checkpoint), where the model is.
+        attached = self._trainer is not None
+        device = self.trainer.strategy.root_device.type if attached else self.device.type
         compile_nets(self.generator, self.discriminator, self.hparams.compile, device)
 
     def configure_optimizers(self) -> list[Optimizer]:
