@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "metrics.json"
+OBJECTIVE, OBJECTIVE_METRIC = "objective", "objective metric"  # summary columns
 
 
 def in_multirun() -> bool:
@@ -32,14 +33,22 @@ def write_result(output_dir: Path, metrics: dict[str, float], status: str, error
     (output_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
 
 
+def objective_metric(metrics: dict[str, float], name: str, fallback: str = "val/swd") -> str | None:
+    """The metric a sweeper minimises for a job: `name`, else `fallback` (no Inception weights:
+    no val/fid), else None."""
+    return next((key for key in (name, fallback) if key in metrics), None)
+
+
 def optimized_value(metrics: dict[str, float], name: str, fallback: str = "val/swd") -> float:
-    """The metric a sweeper minimises: `name`, else `fallback`, else +inf (the worst trial; Optuna
-    accepts inf but its Hydra sweeper crashes on NaN)."""
-    value = metrics.get(name, metrics.get(fallback))
-    if value is None:
+    """The value a sweeper minimises, see `objective_metric`; +inf when neither was logged (the
+    worst trial; Optuna accepts inf but its Hydra sweeper crashes on NaN). Logs which it is."""
+    key = objective_metric(metrics, name, fallback)
+    if key is None:
         log.warning("Neither %s nor %s was logged: this job scores +inf", name, fallback)
         return math.inf
-    return value
+    if key != name:
+        log.info("The sweeper minimises %s (%s was not logged)", key, name)
+    return metrics[key]
 
 
 # Set by Lightning's subprocess launcher in the launching process. A later job of the same sweep
@@ -69,7 +78,8 @@ def rerun_this_job_for_ddp_ranks() -> None:
 
 
 def _rows(sweep_dir: Path, metric: str) -> list[dict[str, Any]]:
-    """One row per job: its overrides that differ between jobs, status, final metrics."""
+    """One row per job: its overrides that differ between jobs, status, the value minimised and
+    which metric that was (OBJECTIVE, OBJECTIVE_METRIC), its final metrics. Best first."""
     jobs = []
     for result_file in sorted(sweep_dir.glob(f"*/{RESULT_FILE}")):
         overrides_file = result_file.parent / ".hydra" / "overrides.yaml"
@@ -80,10 +90,26 @@ def _rows(sweep_dir: Path, metric: str) -> list[dict[str, Any]]:
     for job, overrides, result in jobs:
         metrics = result["metrics"]
         finals = {k: v for k, v in sorted(metrics.items()) if not k.endswith(("_step", "_epoch"))}
-        row = {"job": job, "status": result["status"], metric: optimized_value(metrics, metric)}
+        key = objective_metric(metrics, metric)
+        row = {"job": job, "status": result["status"], OBJECTIVE: metrics.get(key, math.inf)}
+        row[OBJECTIVE_METRIC] = key
         row["overrides"] = " ".join(o for o in overrides if o not in shared)
         rows.append(row | finals)
-    return sorted(rows, key=lambda r: r[metric])
+    return sorted(rows, key=lambda r: r[OBJECTIVE])
+
+
+def _name_objective(rows: list[dict[str, Any]], metric: str) -> str:
+    """Name the objective column, in place, after the metric(s) really minimised, e.g.
+    `objective (val/swd)` when no job had Inception weights; a mixed sweep keeps a per-row column
+    saying which. Returns the metrics' names."""
+    used = {r[OBJECTIVE_METRIC] for r in rows if r[OBJECTIVE_METRIC]}
+    names = " or ".join(sorted(used, key=lambda m: (m != metric, m))) or f"{metric}: not logged"
+    renamed = {OBJECTIVE: f"{OBJECTIVE} ({names})"}
+    for i, row in enumerate(rows):
+        rows[i] = {
+            renamed.get(k, k): v for k, v in row.items() if len(used) > 1 or k != OBJECTIVE_METRIC
+        }
+    return names
 
 
 class SweepSummary(Callback):
@@ -97,6 +123,7 @@ class SweepSummary(Callback):
         rows = _rows(sweep_dir, self.metric)
         if not rows:
             return
+        names = _name_objective(rows, self.metric)
         columns = list(dict.fromkeys(k for row in rows for k in row))
         with open(sweep_dir / "summary.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
@@ -107,4 +134,8 @@ class SweepSummary(Callback):
             cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in map(row.get, columns)]
             lines.append("| " + " | ".join(c if c != "None" else "" for c in cells) + " |")
         (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
-        log.info("Sweep summary (best first): %s\n%s", sweep_dir / "summary.md", "\n".join(lines))
+        missing = f" ({self.metric} was not logged)" if self.metric not in names else ""
+        log.info(
+            "Sweep minimised %s%s. Summary (best first): %s\n%s",
+            names, missing, sweep_dir / "summary.md", "\n".join(lines),
+        )  # fmt: skip

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from PIL import Image
 
 from dcgan_lightning.data import cache, decode, download
@@ -551,3 +552,14 @@ def test_fewer_validation_images_than_ranks_is_a_user_error() -> None:
     dm.num_val_images = 8  # one per rank: fine
     with pytest.raises(UserError, match=r"4 validation images across 8 ranks.*metrics.num_samp"):
         dm.num_val_images = 4
+
+
+def test_the_validation_loader_leaves_the_global_stream_alone(make_cfg) -> None:
+    cfg = make_cfg()
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    dm.num_val_images = 32
+    before = torch.get_rng_state()
+    batches = list(dm.val_dataloader())
+    assert sum(len(b) for b in batches) == 32
+    assert torch.equal(torch.get_rng_state(), before)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -35,7 +38,7 @@ from dcgan_lightning.metrics.swd import (
     pyramid_resolutions,
 )
 from dcgan_lightning.train import train
-from tests.conftest import compose_config, tiny
+from tests.conftest import compose_config, requires_cuda, tiny
 
 
 def shapes(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -138,13 +141,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+DDP_SETTINGS = {"swd_patches_per_image": 16, "feature_metrics": FEATURE_METRICS, "nearest": True}
+
+
 def ddp_worker(rank: int, world: int, port: int, tmp: str) -> None:
     """One gloo rank: its share of real and fake images (rows r, r + W, ...), as the val sampler."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         data = torch.load(Path(tmp) / "images.pt")
-        ev = tiny_evaluator(swd_patches_per_image=16)
+        ev = tiny_evaluator(**DDP_SETTINGS)
         batch = 16 if rank == 0 else 64  # different numbers of updates per rank
         for chunk in data["real"][rank::world].split(batch):
             ev.update(chunk, real=True)
@@ -164,7 +170,7 @@ def test_two_processes_give_the_single_process_values(tmp_path: Path) -> None:
     mp.spawn(ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
     two = torch.load(tmp_path / "out.pt")
 
-    single = tiny_evaluator(swd_patches_per_image=16)
+    single = tiny_evaluator(**DDP_SETTINGS)
     single.update(real, real=True)
     single.update(fake, real=False)
     one = single.compute()
@@ -172,8 +178,9 @@ def test_two_processes_give_the_single_process_values(tmp_path: Path) -> None:
     assert two["values"]["fid"] == pytest.approx(one["fid"], rel=1e-9)
     # KID draws random subsets from the gathered features, whose order depends on the world size.
     assert abs(two["values"]["kid"] - one["kid"]) < 4 * one["kid_std"]
-    for key in ("swd", "swd_32px", "swd_16px"):
+    for key in ("swd", "swd_32px", "swd_16px", "precision", "recall", "density", "coverage"):
         assert two["values"][key] == pytest.approx(one[key], rel=1e-5)
+    assert two["values"]["nn_ratio"] == pytest.approx(one["nn_ratio"], rel=1e-5)
     # Gathered real features come back in dataset order: the cache is the same for any world size.
     assert torch.allclose(two["features"], single.gather_real_features())
 
@@ -256,15 +263,21 @@ def test_second_run_skips_the_real_feature_pass(
     weights = f"metrics.feature_extractor_weights_path={tmp_path / 'weights.pth'}"
     first = make_cfg(*metric_overrides(tmp_path, weights), "trainer.num_sanity_val_steps=1")
     first_metrics = train(first)
-    assert tiny_inception.images_seen == 32 + 32  # real + generated; the sanity check fed nothing
+    # real + generated + nearest.png's 16 samples; the sanity check fed nothing
+    assert tiny_inception.images_seen == 32 + 32 + 16
+    prdc = {"val/precision", "val/recall", "val/density", "val/coverage"}
+    assert prdc | {"val/nn_ratio"} <= set(first_metrics)  # from the same features
+    result = json.loads((Path(first.paths.output_dir) / "metrics.json").read_text())
+    assert prdc <= set(result["metrics"])  # what the sweep summary tabulates
+    assert (Path(first.paths.output_dir) / "plots" / "nearest.png").is_file()
     cached = list((tmp_path / "cache").glob("real_features_*.pt"))
     assert len(cached) == 1 and torch.load(cached[0])["features"].shape == (32, 16)
 
     tiny_inception.images_seen = 0
     second = tiny(compose_config(metric_overrides(tmp_path, weights), tmp_path / "second"))
     second_metrics = train(second)  # another run dir, the same cache dir
-    assert tiny_inception.images_seen == 32  # generated images only
-    for key in ("val/fid", "val/kid", "val/swd"):
+    assert tiny_inception.images_seen == 32 + 16  # generated images only
+    for key in ("val/fid", "val/kid", "val/swd", "val/precision", "val/nn_ratio"):
         assert second_metrics[key] == pytest.approx(first_metrics[key], rel=1e-6)
 
 
@@ -282,6 +295,8 @@ def test_missing_weights_warn_and_train_with_swd_only(make_cfg, offline_hub: Pat
         metrics = train(cfg)
     assert sum("No Inception weights" in str(w.message) for w in record) == 1
     assert "val/swd" in metrics and "val/fid" not in metrics and "val/kid" not in metrics
+    assert "val/precision" not in metrics and metrics["val/nn_ratio"] > 0  # nn in pixel space
+    assert (Path(cfg.paths.output_dir) / "plots" / "nearest.png").is_file()
     best = list((Path(cfg.paths.output_dir) / "checkpoints").glob("best_epoch_*.ckpt"))
     assert len(best) == 1
     saved = torch.load(best[0], weights_only=True)
@@ -348,3 +363,63 @@ def test_an_unloadable_weights_file_counts_as_missing(offline_hub: Path) -> None
     assert quality.feature_metrics == () and quality.primary_metric == "val/swd"
     with pytest.raises(RuntimeError, match="require_fid"):
         QualityMetrics(require_fid=True, **settings)
+
+
+# -- evaluation leaves the training's random streams alone ------------------------------------
+EXTRACTORS = ["tiny", pytest.param("inception", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(scope="module", params=EXTRACTORS)
+def extractor(request: pytest.FixtureRequest, tmp_path_factory) -> nn.Module:
+    """TinyExtractor, and the real Inception architecture with random weights (offline)."""
+    if request.param == "tiny":
+        return TinyExtractor()
+    weights = inception.save_random_inception_weights(tmp_path_factory.mktemp("w") / "w.pth")
+    return inception.load_inception(weights)
+
+
+def full_evaluation(extractor: nn.Module, device: str) -> dict[str, float]:
+    """FID, KID, MiFID and SWD of 12 generated against 12 real images, as a run evaluates."""
+    images = torch.cat([shapes(12, seed=0), shapes(12, seed=1)]).to(device)
+    num_features = getattr(extractor, "num_features", inception.NUM_FEATURES)
+    ev = QualityEvaluator(
+        32, extractor, num_features, FEATURE_METRICS, kid_subsets=5, kid_subset_size=8,
+        swd_patches_per_image=8, swd_directions=32,
+    ).to(device)  # fmt: skip
+    ev.update(images[:12], real=True)
+    ev.update(images[12:], real=False)
+    return ev.compute()
+
+
+def random_states() -> tuple:
+    return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
+def test_evaluation_leaves_every_random_stream_untouched(
+    extractor: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No global generator is drawn from or reseeded (torch.manual_seed reseeds every CUDA one)."""
+    seeded = []
+    for name in ("manual_seed", "manual_seed_all"):
+        monkeypatch.setattr(torch.cuda, name, lambda seed, name=name: seeded.append(name))
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    seeded.clear()
+    before = random_states()
+    first = full_evaluation(extractor, "cpu")
+    after = random_states()
+    assert seeded == []  # no CUDA generator reseeded
+    assert torch.equal(before[0], after[0])
+    assert np.array_equal(before[1], after[1]) and before[2] == after[2]
+    assert {"fid", "kid", "mifid", "swd"} <= set(first)
+    assert full_evaluation(extractor, "cpu")["kid"] == first["kid"]  # subsets are seeded
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_evaluation_on_cuda_leaves_the_cuda_generator_untouched(extractor: nn.Module) -> None:
+    torch.cuda.manual_seed_all(7)
+    before, cpu_before = torch.cuda.get_rng_state(), torch.get_rng_state()
+    first = full_evaluation(extractor.cuda(), "cuda")
+    assert torch.equal(torch.cuda.get_rng_state(), before)
+    assert torch.equal(torch.get_rng_state(), cpu_before)
+    assert full_evaluation(extractor, "cuda")["kid"] == first["kid"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import logging
+import math
 import os
 import struct
 import subprocess
@@ -15,6 +17,7 @@ import pytest
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import OmegaConf
 
+from dcgan_lightning.sweep import SweepSummary, optimized_value, write_result
 from dcgan_lightning.train import train
 from tests.conftest import REPO
 
@@ -132,6 +135,7 @@ def test_a_failed_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
     assert rows["model.z_dim=8"]["status"] == "completed"
     assert rows["model.z_dim=0"]["status"] == "failed"
     assert list(rows)[-1] == "model.z_dim=0"  # scored +inf: last
+    assert float(rows["model.z_dim=8"]["objective (train/loss_g_epoch)"]) < math.inf
 
 
 @pytest.mark.slow
@@ -141,7 +145,7 @@ def test_optuna_sweep_runs_two_trials_and_reports_the_best(tmp_path: Path) -> No
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=2",
         f"hydra.sweep.dir={sweep}",
-        "optimized_metric=train/loss_g",
+        "optimized_metric=train/loss_g_epoch",
         "logger=csv",
         *TINY,
         cwd=tmp_path,
@@ -219,3 +223,56 @@ def test_multirun_of_ddp_jobs_never_lets_a_rank_start_a_sweep(tmp_path: Path) ->
         assert [r["status"] for r in csv.DictReader(f)] == ["completed", "completed"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # no rank ran a sweep
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+
+
+def fake_sweep(sweep: Path, jobs: dict[str, dict[str, float]]) -> None:
+    """Job dirs as a finished multirun leaves them: overrides and metrics.json."""
+    for i, (override, metrics) in enumerate(jobs.items()):
+        job = sweep / str(i)
+        (job / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create([override, "logger=csv"]), job / ".hydra/overrides.yaml")
+        write_result(job, metrics, "completed")
+
+
+def test_summary_names_the_metric_really_minimised(tmp_path: Path, caplog) -> None:
+    """Without Inception weights val/swd stands in for val/fid: the table says so."""
+    fake_sweep(tmp_path, {"model.z_dim=8": {"val/swd": 254.6}, "model.z_dim=16": {"val/swd": 90.0}})
+    with caplog.at_level(logging.INFO, logger="dcgan_lightning.sweep"):
+        SweepSummary("val/fid").on_multirun_end(
+            OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+        )
+    with open(tmp_path / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:3] == ["job", "status", "objective (val/swd)"]
+    assert "val/fid" not in rows[0]
+    assert [(r["overrides"], float(r["objective (val/swd)"])) for r in rows] == [
+        ("model.z_dim=16", 90.0),
+        ("model.z_dim=8", 254.6),
+    ]
+    header = (tmp_path / "summary.md").read_text().splitlines()[0]
+    assert "objective (val/swd)" in header and "val/fid" not in header
+    assert "minimised val/swd (val/fid was not logged)" in caplog.text
+
+
+def test_summary_leaves_val_fid_empty_where_it_was_not_computed(tmp_path: Path) -> None:
+    fake_sweep(
+        tmp_path,
+        {"model.z_dim=8": {"val/fid": 40.0, "val/swd": 30.0}, "model.z_dim=16": {"val/swd": 9.0}},
+    )
+    SweepSummary("val/fid").on_multirun_end(
+        OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    )
+    with open(tmp_path / "summary.csv") as f:
+        rows = {r["overrides"]: r for r in csv.DictReader(f)}
+    objective = "objective (val/fid or val/swd)"
+    assert rows["model.z_dim=8"]["val/fid"] == "40.0" and rows["model.z_dim=16"]["val/fid"] == ""
+    assert rows["model.z_dim=8"][objective] == "40.0" and rows["model.z_dim=16"][objective] == "9.0"
+    assert rows["model.z_dim=16"]["objective metric"] == "val/swd"
+
+
+def test_a_job_says_which_metric_the_sweeper_minimises(caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="dcgan_lightning.sweep"):
+        assert optimized_value({"val/swd": 3.0}, "val/fid") == 3.0
+    assert "minimises val/swd (val/fid was not logged)" in caplog.text
+    assert optimized_value({"val/fid": 2.0, "val/swd": 3.0}, "val/fid") == 2.0
+    assert optimized_value({}, "val/fid") == math.inf

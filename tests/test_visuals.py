@@ -36,6 +36,8 @@ def test_a_run_leaves_gif_and_plots_and_logs_the_plots(make_cfg, tmp_path: Path)
     events.Reload()
     tags = set(events.Tags()["images"])
     assert {"plots/discriminator", "plots/losses", "plots/metrics", "samples"} <= tags
+    assert "plots/nearest" in tags  # at every evaluation
+    assert_image(out / "plots" / "nearest.png")
 
 
 def test_plots_record_the_logged_curves_and_survive_a_checkpoint(tmp_path: Path) -> None:
@@ -49,11 +51,14 @@ def test_plots_record_the_logged_curves_and_survive_a_checkpoint(tmp_path: Path)
         plots.history["train/d_real_epoch"].append((epoch + 1, 0.8 - 0.05 * epoch))
         for key, value in (("val/kid", 0.1), ("val/kid_std", 0.01), ("val/swd", 50.0)):
             plots.history[key].append((epoch + 1, value / (epoch + 1)))
+        for key in ("val/precision", "val/recall", "val/density", "val/coverage", "val/nn_ratio"):
+            plots.history[key].append((epoch + 1, 0.5 + 0.1 * epoch))
         plots.history["val/swd_16px"].append((epoch + 1, 40.0))
     paths = plots.draw()
     assert sorted(p.name for p in paths) == ["discriminator.png", "losses.png", "metrics.png"]
     wide = assert_image(tmp_path / "metrics.png")
-    assert wide.size[0] > wide.size[1]  # one panel per metric: kid and swd side by side
+    # One row of panels: kid, nn_ratio, precision/recall/density/coverage together, swd.
+    assert wide.size == (1600, 350)
 
     torch.save(plots.state_dict(), tmp_path / "state.pt")  # as in a checkpoint
     restored = TrainingPlots(str(tmp_path / "again"))

@@ -2,7 +2,8 @@
 
 PNGs in `dirpath`, redrawn at every epoch end (a run stopped early still has them), and sent to the
 loggers that show images at the end of fit. Values come from what the LightningModule and the
-quality-metrics callback log, recorded on rank zero only (plotting never takes part in collectives).
+quality-metrics callback log: read on every rank (reading may reduce `sync_dist` values across
+ranks, a collective), recorded and drawn on rank zero.
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ FIGURES = {
     "discriminator": {"train/d_real": "D(x)", "train/d_fake": "D(G(z))"},
     "losses": {"train/loss_d": "D loss", "train/loss_g": "G loss"},
 }
+# Metrics drawn in one panel of metrics.png (same scale); every other metric gets its own.
+SHARED_PANELS = {
+    "precision / recall / density / coverage": (
+        "val/precision", "val/recall", "val/density", "val/coverage"
+    ),
+}  # fmt: skip
+PANELS_PER_ROW = 4
 
 
 class TrainingPlots(Callback):
@@ -39,19 +47,18 @@ class TrainingPlots(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, i: int
     ) -> None:
-        if not trainer.is_global_zero or i % max(1, trainer.log_every_n_steps):
+        if i % max(1, trainer.log_every_n_steps):
             return
         progress = trainer.current_epoch + (i + 1) / max(1, trainer.num_training_batches)
         self._record(trainer, "_step", progress, "train/")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
         self._record(trainer, "_epoch", trainer.current_epoch + 0.5, "train/")  # mid-epoch
-        self.draw()
+        if trainer.is_global_zero:
+            self.draw()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and not trainer.sanity_checking:
+        if not trainer.sanity_checking:
             self._record(trainer, "", trainer.current_epoch + 1, "val/")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -61,7 +68,12 @@ class TrainingPlots(Callback):
             log_image(trainer, f"plots/{path.stem}", path)
 
     def _record(self, trainer: pl.Trainer, suffix: str, x: float, prefix: str) -> None:
-        for key, value in trainer.callback_metrics.items():
+        """On every rank: reading `callback_metrics` may run Lightning's deferred reduction of
+        `sync_dist=True` values, a collective (rank 0 alone would hang). Rank 0 keeps them."""
+        metrics = trainer.callback_metrics
+        if not trainer.is_global_zero:
+            return
+        for key, value in metrics.items():
             if key.startswith(prefix) and key.endswith(suffix) and value.numel() == 1:
                 self.history[key].append((float(x), float(value)))
 
@@ -96,23 +108,37 @@ class TrainingPlots(Callback):
         return self._save(fig, name)
 
     def _draw_metrics(self, keys: list[str]) -> Path:
-        # One panel per metric (different scales); SWD's per-level values share the SWD panel.
-        panels = [k for k in keys if not k.endswith("px")]
-        fig = Figure(figsize=(4 * len(panels), 3.5), layout="constrained")
-        for ax, key in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-            x, y = zip(*self.history[key])
-            ax.plot(x, y, "o-", color="C0", label=key)
-            if std := self.history.get(f"{key}_std"):
-                lo = [v - s for v, (_, s) in zip(y, std)]
-                hi = [v + s for v, (_, s) in zip(y, std)]
-                ax.fill_between(x, lo, hi, color="C0", alpha=0.2)
-            for i, level in enumerate(k for k in keys if k.startswith(f"{key}_")):
-                ax.plot(*zip(*self.history[level]), ".--", color=f"C{i + 1}", label=level)
+        # One panel per metric (different scales), PANELS_PER_ROW to a row; SWD's per-level values
+        # share the SWD panel, precision/recall/density/coverage one panel.
+        shared = {key: title for title, group in SHARED_PANELS.items() for key in group}
+        panels = list(dict.fromkeys(shared.get(k, k) for k in keys if not k.endswith("px")))
+        rows, cols = -(-len(panels) // PANELS_PER_ROW), min(len(panels), PANELS_PER_ROW)
+        fig = Figure(figsize=(4 * cols, 3.5 * rows), layout="constrained")
+        axes = fig.subplots(rows, cols, squeeze=False).flatten()
+        for ax, panel in zip(axes, panels):
+            if panel in SHARED_PANELS:
+                for i, key in enumerate(k for k in SHARED_PANELS[panel] if k in keys):
+                    ax.plot(*zip(*self.history[key]), "o-", color=f"C{i}", label=key)
+            else:
+                self._draw_metric(ax, panel, keys)
             ax.set_xlabel("epoch")
-            ax.set_title(key)
+            ax.set_title(panel)
             if len(ax.get_lines()) > 1:
                 ax.legend(fontsize="small")
+        for ax in axes[len(panels) :]:
+            ax.set_axis_off()
         return self._save(fig, "metrics")
+
+    def _draw_metric(self, ax: Any, key: str, keys: list[str]) -> None:
+        """One metric, its +/- std band, and its per-level values (SWD)."""
+        x, y = zip(*self.history[key])
+        ax.plot(x, y, "o-", color="C0", label=key)
+        if std := self.history.get(f"{key}_std"):
+            lo = [v - s for v, (_, s) in zip(y, std)]
+            hi = [v + s for v, (_, s) in zip(y, std)]
+            ax.fill_between(x, lo, hi, color="C0", alpha=0.2)
+        for i, level in enumerate(k for k in keys if k.startswith(f"{key}_")):
+            ax.plot(*zip(*self.history[level]), ".--", color=f"C{i + 1}", label=level)
 
     def _save(self, fig: Figure, name: str) -> Path:
         path = self.dirpath / f"{name}.png"

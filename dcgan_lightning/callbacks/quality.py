@@ -1,5 +1,6 @@
-"""Quality metrics every `eval_every_n_epochs` (val/fid, val/kid, val/mifid, val/swd) and the
-checkpoint of the best epoch by them.
+"""Quality metrics every `eval_every_n_epochs` (val/fid, val/kid, val/mifid, val/precision,
+val/recall, val/density, val/coverage, val/swd, val/nn_ratio, plots/nearest.png) and the checkpoint
+of the best epoch by them.
 
 The validation loop carries the work: the datamodule yields a fixed subset of `num_samples` real
 images (split across ranks), `GAN.validation_step` generates as many images, this callback feeds
@@ -15,15 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
 
+from dcgan_lightning.callbacks.nearest import draw_nearest
+from dcgan_lightning.callbacks.samples import log_image
 from dcgan_lightning.metrics import cache, inception
 from dcgan_lightning.metrics.evaluator import QualityEvaluator, to_uint8
 from dcgan_lightning.metrics.per_class import PerClassSWD
 
 log = logging.getLogger(__name__)
 SWD_MAX_PATCHES_PER_IMAGE = 128  # ProGAN's count: more would mostly repeat neighbourhoods
+NEAREST_SHOWN = 3  # training images beside each sample in plots/nearest.png
 
 
 class QualityMetrics(Callback):
@@ -45,6 +51,10 @@ class QualityMetrics(Callback):
         swd: bool = True,
         swd_patches_per_level: int = 32768,
         swd_directions: int = 512,
+        prdc: bool = True,
+        distance_chunk: int = 1024,
+        nearest_samples: int = 16,
+        plots_dir: str | None = None,
         cache_dir: str | None = None,
     ) -> None:
         if num_samples < 2:
@@ -59,11 +69,15 @@ class QualityMetrics(Callback):
             swd_directions,
         )
         self.cache_dir = cache_dir
-        self.feature_metrics = tuple(
-            m for m, on in (("fid", fid), ("kid", kid), ("mifid", mifid)) if on
+        self.distance_chunk, self.nearest_samples = distance_chunk, nearest_samples
+        self.plots_dir = Path(plots_dir) if plots_dir else None
+        self.requested_feature_metrics = tuple(
+            m for m, on in (("fid", fid), ("kid", kid), ("mifid", mifid), ("prdc", prdc)) if on
         )
+        self.feature_metrics = self.requested_feature_metrics
         self.extractor, self.extractor_id = None, None
-        if self.feature_metrics:  # resolved once, at start-up, before any training
+        # Resolved by each process at start-up, before any training; `setup` makes ranks agree.
+        if self.feature_metrics:
             weights, why = inception.resolve_weights(feature_extractor_weights_path, download)
             if weights is not None:
                 try:
@@ -85,7 +99,7 @@ class QualityMetrics(Callback):
             else:
                 self.extractor_id = f"inception-{inception.weights_id(weights)}-aa{antialias}"
         self.evaluator: QualityEvaluator | None = None
-        self.real_done = False
+        self.real_done, self._write_cache = False, False
 
     @property
     def enabled(self) -> bool:
@@ -100,6 +114,8 @@ class QualityMetrics(Callback):
         return None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.requested_feature_metrics:  # a config value: every rank takes this branch
+            self._agree_on_weights()
         if not self.enabled:
             return
         every = trainer.check_val_every_n_epoch
@@ -131,6 +147,8 @@ class QualityMetrics(Callback):
                 SWD_MAX_PATCHES_PER_IMAGE, -(-self.swd_patches_per_level // n)
             ),
             swd_directions=self.swd_directions,
+            distance_chunk=self.distance_chunk,
+            nearest=self.nearest_samples > 0,
         ).to(pl_module.device)
         self.real_done = False
         self.per_class = None  # a conditional model on labelled data: SWD per class too
@@ -148,11 +166,41 @@ class QualityMetrics(Callback):
             "num_images": n,
             "extractor": self.extractor_id,
         }
-        path = self._cache_file()
-        cached = cache.load_features(path) if path is not None else None
-        if cached is not None and len(cached) == n:
+        # Rank 0 decides whether the real pass is skipped (and its features gathered and cached
+        # after): ranks taking different paths would wait in different collectives. Its cached
+        # features reach every rank, whose own disk may not hold them (a node-local data_dir).
+        decision = self._load_cache(n) if trainer.is_global_zero else None
+        cached, self._write_cache = trainer.strategy.broadcast(decision, src=0)
+        if cached is not None:
             self.evaluator.load_real_features(cached[trainer.global_rank :: trainer.world_size])
-            log.info("Real-image features loaded from %s", path)
+
+    def _agree_on_weights(self) -> None:
+        """Rank 0's Inception decides for every rank: the feature metrics' collectives run on all
+        ranks or none. Rank 0 without weights: no rank computes them (rank 0 warned at start-up).
+        Another rank without them, or with other weights: every rank stops, naming those ranks."""
+        ids = _gather_objects(self.extractor_id)
+        if ids[0] is None:
+            self.extractor, self.extractor_id, self.feature_metrics = None, None, ()
+            return
+        lacking = [rank for rank, other in enumerate(ids) if other != ids[0]]
+        if lacking:
+            raise RuntimeError(
+                f"Inception weights on rank 0 but not on rank(s) {lacking} (or other weights "
+                f"there: {[ids[r] for r in lacking]} against {ids[0]}); every rank must compute "
+                "the same features. Give every node the same file: "
+                f"{inception.how_to_supply()} (a path all nodes share works too)."
+            )
+
+    def _load_cache(self, n: int) -> tuple[Tensor | None, bool]:
+        """(the cached real features or None, whether to cache them after the first real pass)."""
+        path = self._cache_file()
+        if path is None:
+            return None, False
+        cached = cache.load_features(path)
+        if cached is None or len(cached) != n:
+            return None, True
+        log.info("Real-image features loaded from %s", path)
+        return cached, False
 
     def _cache_file(self) -> Path | None:
         if not self.cache_dir or self.extractor_id is None:
@@ -190,22 +238,48 @@ class QualityMetrics(Callback):
             values = self.evaluator.compute()
             # Equal on every rank already; the mean over ranks keeps them (and Lightning quiet).
             pl_module.log_dict({f"val/{k}": v for k, v in values.items()}, sync_dist=True)
+            if self.nearest_samples and self.plots_dir is not None:
+                self._draw_nearest(trainer, pl_module)
         if self.per_class is not None:
             values = self.per_class.compute()  # collective, on every rank
             pl_module.log_dict({f"val/{k}": v for k, v in values.items()}, sync_dist=True)
             self.per_class.reset()
         self.evaluator.reset()
 
+    def _draw_nearest(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """plots/nearest.png: fixed-noise samples and their 3 nearest images of the real subset."""
+        n, labels = self.nearest_samples, getattr(pl_module, "fixed_labels", None)
+        z = pl_module.fixed_noise[:n]
+        samples = to_uint8(pl_module.generate(z, None if labels is None else labels[:n]))
+        if not trainer.is_global_zero:  # the reference was gathered in compute(): no collective
+            return
+        features = self.evaluator.nn_features(samples)
+        _, index = self.evaluator.nearest_real().nearest(features, NEAREST_SHOWN)
+        real = trainer.val_dataloaders.dataset[index.flatten().cpu()]
+        neighbours = real.view(*index.shape, *real.shape[1:]).to(samples.device)
+        path = self.plots_dir / "nearest.png"
+        draw_nearest(samples, neighbours, self.evaluator.nn_space, path)
+        log_image(trainer, "plots/nearest", path)
+
     def _finish_real_pass(self, trainer: pl.Trainer) -> None:
         """Real statistics are final after the first evaluation; a complete pass is cached."""
         self.real_done = True
-        path = self._cache_file()
-        if path is None or self.evaluator.real_features_loaded:
+        if not self._write_cache:  # rank 0's decision, the same on every rank
             return
         features = self.evaluator.gather_real_features()  # collective
         if trainer.is_global_zero and len(features) == self._cache_settings["num_images"]:
+            path = self._cache_file()
             cache.save_features(path, features, self._cache_settings)
             log.info("Real-image features cached in %s", path)
+
+
+def _gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank (collective); `[obj]` without DDP."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 class BestQualityCheckpoint(ModelCheckpoint):

@@ -322,7 +322,12 @@ class ImageDataModule(LightningDataModule, ABC):
         if self.trainer is not None and self.trainer.world_size > 1:
             kwargs = self.trainer.distributed_sampler_kwargs
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False, **kwargs)
-        return DataLoader(dataset, self.batch_size, sampler=sampler, collate_fn=stack_batch)
+        # A private generator: each iterator draws its base seed from it, not from the training's
+        # global stream (an evaluation would otherwise shift every later flip and augmentation).
+        return DataLoader(
+            dataset, self.batch_size, sampler=sampler, collate_fn=stack_batch,
+            generator=torch.Generator(),
+        )  # fmt: skip
 
     def _loader(self, images: torch.Tensor, shuffle: bool, drop_last: bool) -> DataLoader:
         workers = self.num_workers

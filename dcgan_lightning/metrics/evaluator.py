@@ -9,14 +9,16 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance, poly_mmd
 from torchmetrics.image.mifid import MemorizationInformedFrechetInceptionDistance
 from torchmetrics.utilities.data import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from dcgan_lightning.metrics.nearest import PIXEL_SPACE, NearestReal, pixel_features
+from dcgan_lightning.metrics.prdc import PRDC
 from dcgan_lightning.metrics.swd import SlicedWassersteinDistance
 
-FEATURE_METRICS = ("fid", "kid", "mifid")
+FEATURE_METRICS = ("fid", "kid", "mifid", "prdc")
 
 
 class Features(nn.Identity):
@@ -69,21 +71,27 @@ def _mean_cov(total: Tensor, outer_total: Tensor, n: int) -> tuple[Tensor, Tenso
 
 
 class KID(KernelInceptionDistance):
-    """KID whose subset size shrinks to the sample counts and whose subsets are seeded.
+    """torchmetrics' KID, its subsets drawn from a private generator, their size capped.
 
-    Seeded so curves do not jitter from subset draws, and in a forked RNG so evaluating does not
-    change the training's random stream.
+    Seeded, so curves do not jitter from subset draws; private, so an evaluation neither draws
+    from nor reseeds the training's generators (`torch.manual_seed` would reseed every CUDA one).
+    The subset size shrinks to the sample counts instead of raising.
     """
 
+    seed = 0
+
     def compute(self) -> tuple[Tensor, Tensor]:
+        # torchmetrics' compute, with `generator=` on its randperm calls.
         real, fake = dim_zero_cat(self.real_features), dim_zero_cat(self.fake_features)
-        requested, self.subset_size = self.subset_size, min(self.subset_size, len(real), len(fake))
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                return super().compute()
-        finally:
-            self.subset_size = requested
+        size = min(self.subset_size, len(real), len(fake))
+        generator = torch.Generator().manual_seed(self.seed)
+        scores = []
+        for _ in range(self.subsets):
+            f_real = real[torch.randperm(len(real), generator=generator)[:size].to(real.device)]
+            f_fake = fake[torch.randperm(len(fake), generator=generator)[:size].to(fake.device)]
+            scores.append(poly_mmd(f_real, f_fake, self.degree, self.gamma, self.coef))
+        stacked = torch.stack(scores)
+        return stacked.mean(), stacked.std(unbiased=False)
 
 
 def _distributed() -> bool:
@@ -107,13 +115,26 @@ def to_uint8(images: Tensor) -> Tensor:
     return images.add(1).mul(127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def _gather_in_dataset_order(local: list[Tensor]) -> Tensor:
+    """Every rank's rows in dataset order: rank r holds rows r, r + W, ... (the val sampler's
+    split). Collective under DDP."""
+    mine = torch.cat(local)
+    parts = gather_all_tensors(mine) if _distributed() else [mine]
+    full = mine.new_empty(sum(len(p) for p in parts), mine.size(1))
+    for rank, part in enumerate(parts):
+        full[rank :: len(parts)] = part
+    return full
+
+
 class QualityEvaluator(nn.Module):
     """Accumulates real and generated uint8 images; `compute` returns every enabled metric.
 
-    One `extractor` forward per image feeds FID, KID and MiFID alike (`extractor` maps uint8
-    (N, 3, H, W) to (N, D) features; Inception v3 for the published metrics). Real statistics
-    survive `reset`: the real set is seen (or loaded) once per run. Under DDP `compute` is a
-    collective call: every rank must make it.
+    One `extractor` forward per image feeds FID, KID, MiFID and precision/recall/density/coverage
+    alike (`extractor` maps uint8 (N, 3, H, W) to (N, D) features; Inception v3 for the published
+    metrics). `nearest` adds `nn_ratio`, the memorisation check, in the extractor's space or,
+    without one, in downsampled pixels (`nn_space`). Real statistics survive `reset`: the real set
+    is seen (or loaded) once per run. Under DDP `compute` is a collective call: every rank must
+    make it.
     """
 
     def __init__(
@@ -127,6 +148,8 @@ class QualityEvaluator(nn.Module):
         swd: bool = True,
         swd_patches_per_image: int = 128,
         swd_directions: int = 512,
+        distance_chunk: int = 1024,
+        nearest: bool = False,
     ) -> None:
         super().__init__()
         unknown = set(feature_metrics) - set(FEATURE_METRICS)
@@ -150,29 +173,55 @@ class QualityEvaluator(nn.Module):
                 self.feature_metrics["mifid"] = MemorizationInformedFrechetInceptionDistance(
                     features, **common
                 )
+        if "prdc" in feature_metrics:
+            self.feature_metrics["prdc"] = PRDC(distance_chunk)
         self.swd: Metric | None = None
         if swd:
             self.swd = SlicedWassersteinDistance(image_size, swd_patches_per_image, swd_directions)
         self.real_features: list[Tensor] = []  # this rank's, kept for the on-disk cache
         self.real_features_loaded = False
         self.fake_seen = 0  # on this rank, since the last reset
+        self.nearest, self.distance_chunk = nearest, distance_chunk
+        self.nn_space = "Inception features" if self.extractor is not None else PIXEL_SPACE
+        self._nn_features: dict[bool, list[Tensor]] = {True: [], False: []}  # this rank's, by real
+        self._nearest_real: NearestReal | None = None
 
     @torch.no_grad()
     def update(self, images: Tensor, real: bool) -> None:
         """Add uint8 (N, C, H, W) images; real features are skipped once loaded from a cache."""
         if self.extractor is not None and not (real and self.real_features_loaded):
-            rgb = images.expand(-1, 3, -1, -1) if images.size(1) == 1 else images
-            self._update_features(self.extractor(rgb).float(), real)
+            self._update_features(self._extract(images), real)
+        elif self.nearest and self.extractor is None:
+            self._nn_features[real].append(pixel_features(images))
         if self.swd is not None:
             self.swd.update(images, real)
         if not real:
             self.fake_seen += images.size(0)
+
+    def _extract(self, images: Tensor) -> Tensor:
+        rgb = images.expand(-1, 3, -1, -1) if images.size(1) == 1 else images
+        return self.extractor(rgb).float()
 
     def _update_features(self, features: Tensor, real: bool) -> None:
         for metric in self.feature_metrics.values():
             metric.update(features, real=real)
         if real:
             self.real_features.append(features)
+        if self.nearest:
+            self._nn_features[real].append(features)
+
+    @torch.no_grad()
+    def nn_features(self, images: Tensor) -> Tensor:
+        """uint8 images in the nearest-neighbour space (`nn_space`). Local: no collective."""
+        return self._extract(images) if self.extractor is not None else pixel_features(images)
+
+    def nearest_real(self) -> NearestReal:
+        """The real subset (dataset order) in the nearest-neighbour space, once the real pass is
+        complete. Collective the first time (a gather), kept after."""
+        if self._nearest_real is None:
+            features = _gather_in_dataset_order(self._nn_features[True])
+            self._nearest_real = NearestReal(features, self.distance_chunk)
+        return self._nearest_real
 
     def load_real_features(self, features: Tensor) -> None:
         """This rank's share of cached real features: the real image pass is skipped."""
@@ -181,12 +230,7 @@ class QualityEvaluator(nn.Module):
 
     def gather_real_features(self) -> Tensor:
         """All ranks' real features in dataset order (rank r has rows r, r + W, ...). Collective."""
-        local = torch.cat(self.real_features)
-        parts = gather_all_tensors(local) if _distributed() else [local]
-        full = local.new_empty(sum(len(p) for p in parts), local.size(1))
-        for rank, part in enumerate(parts):
-            full[rank :: len(parts)] = part
-        return full
+        return _gather_in_dataset_order(self.real_features)
 
     def fake_count(self) -> int:
         """Generated images seen since the last reset, summed over ranks. Collective."""
@@ -203,10 +247,16 @@ class QualityEvaluator(nn.Module):
             result = metric.compute()
             if name == "kid":
                 values["kid"], values["kid_std"] = float(result[0]), float(result[1])
+            elif isinstance(result, dict):  # prdc
+                values.update({k: float(v) for k, v in result.items()})
             else:
                 values[name] = float(result)
         if self.swd is not None:
             values.update({k: float(v) for k, v in self.swd.compute().items()})
+        if self.nearest:
+            local = torch.cat(self._nn_features[False])
+            fakes = torch.cat(gather_all_tensors(local)) if _distributed() else local
+            values["nn_ratio"] = self.nearest_real().nn_ratio(fakes)
         return values
 
     def reset(self) -> None:
@@ -215,6 +265,7 @@ class QualityEvaluator(nn.Module):
             metric.reset()
         if self.swd is not None:
             self.swd.reset()
+        self._nn_features[False].clear()
         self.fake_seen = 0
 
     def _device(self) -> torch.device:

@@ -13,8 +13,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
+
+from dcgan_lightning.metrics.keep_real import KeepsRealStates
 
 NHOOD = 7
 GOLDEN = (math.sqrt(5) - 1) / 2
@@ -136,7 +137,7 @@ def random_directions(dim: int, count: int, seed: int, device: torch.device) -> 
     return (d / d.norm(dim=0, keepdim=True)).to(device)
 
 
-class SlicedWassersteinDistance(Metric):
+class SlicedWassersteinDistance(KeepsRealStates):
     """SWD between real and generated images per pyramid level, and the mean ("swd").
 
     `update(images, real)` takes uint8 (N, C, H, W). Descriptors are gathered across ranks (cat)
@@ -184,11 +185,3 @@ class SlicedWassersteinDistance(Metric):
             values[f"swd_{res}px"] = sliced_wasserstein(a, b, dirs) * 1e3
         values["swd"] = torch.stack(list(values.values())).mean()
         return values
-
-    def reset(self) -> None:
-        """Forget the generated images only."""
-        real = {f"real_{r}": self._defaults.pop(f"real_{r}") for r in self.resolutions}
-        try:  # reset() clears every state in `_defaults`, in place
-            super().reset()
-        finally:
-            self._defaults.update(real)

@@ -147,7 +147,11 @@ class GAN(LightningModule):
     # -- labels: the identity for an unconditional model ---------------------------------------
     def _conditions(self, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """The nets' extra arguments: `(labels,)` for a conditional model, else none."""
-        return (labels.to(self.device),) if self.labels is not None else ()
+        if self.labels is None:
+            return ()
+        if labels is None:  # e.g. data.holdout's r_v scores G and D without classes
+            raise UserError("this model is conditional: its G and D need class labels")
+        return (labels.to(self.device),)
 
     def _split(self, batch: Any) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Images, and the conditions of the real batch (labelled data: `(images, labels)`)."""
@@ -241,7 +245,10 @@ class GAN(LightningModule):
             self.clip_gradients(optimizer, self.hparams.grad_clip_norm, "norm")
 
     def configure_model(self) -> None:
-        device = self.trainer.strategy.root_device.type  # the model may not be there yet
+        # Where training runs (the model may not be there yet); without a trainer (loading a
+        # checkpoint), where the model is.
+        attached = self._trainer is not None
+        device = self.trainer.strategy.root_device.type if attached else self.device.type
         compile_nets(self.generator, self.discriminator, self.hparams.compile, device)
 
     def configure_optimizers(self) -> list[Optimizer]:
