@@ -327,3 +327,10 @@ def test_labels_follow_the_images_when_some_are_held_out() -> None:
     order = fixed_order(40)[:32]
     assert torch.equal(held.images, full.images[order])
     assert torch.equal(held.labels, full.labels[order])
+
+
+def test_swd_is_logged_per_class_with_its_mean(make_cfg) -> None:
+    metrics = train(make_cfg("model=cdcgan", "data.labels=true", "logger=csv"))
+    per_class = [metrics[f"val/swd/{shape}"] for shape in SHAPES]
+    assert all(v > 0 for v in per_class) and "val/swd" in metrics
+    assert metrics["val/swd_class_mean"] == pytest.approx(sum(per_class) / 3, rel=1e-5)

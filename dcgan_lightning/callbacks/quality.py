@@ -255,7 +255,7 @@ class QualityMetrics(Callback):
             return
         features = self.evaluator.nn_features(samples)
         _, index = self.evaluator.nearest_real().nearest(features, NEAREST_SHOWN)
-        real = trainer.val_dataloaders.dataset[index.flatten().cpu()]
+        real = trainer.val_dataloaders.dataset.images[index.flatten().cpu()]  # not the labels
         neighbours = real.view(*index.shape, *real.shape[1:]).to(samples.device)
         path = self.plots_dir / "nearest.png"
         draw_nearest(samples, neighbours, self.evaluator.nn_space, path)
