@@ -1,0 +1,32 @@
+"""A Rich progress bar that reads the trainer every `every_n_batches` batches, not every batch.
+
+Lightning's `RichProgressBar` updates its task, reads `trainer.progress_bar_metrics` and refreshes
+after every training batch, whatever its `refresh_rate` (which only sets how often Rich's own
+thread redraws per second). Reading the metrics converts them to Python numbers: on a GPU that
+waits for the step to finish, once per batch. This bar does it once per log interval (when the
+shown losses change anyway) and on the epoch's last batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import RichProgressBar
+
+
+class GANProgressBar(RichProgressBar):
+    """`RichProgressBar` updated every `every_n_batches` training batches (and at the last)."""
+
+    def __init__(self, every_n_batches: int = 10, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if every_n_batches < 1:
+            raise ValueError(f"every_n_batches must be >= 1, got {every_n_batches}")
+        self.every_n_batches = every_n_batches
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, i: int
+    ) -> None:
+        last = i + 1 >= trainer.num_training_batches
+        if (i + 1) % self.every_n_batches == 0 or last:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, i)
