@@ -385,12 +385,21 @@ def window(device: torch.device, quick: bool) -> tuple[int, int, int]:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Lightning's and this project's info logs and warnings off: they would bury the table."""
-    for name in ("lightning.pytorch", "lightning.fabric", "dcgan_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    """Lightning's and this project's info logs and warnings off while measuring (they would bury
+    the table), as they were afterwards."""
+    loggers = [
+        logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "dcgan_lightning")
+    ]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def measure(chosen: list[Case], device: torch.device, quick: bool = False) -> list[dict]:
