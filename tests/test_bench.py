@@ -35,10 +35,13 @@ def test_window_is_a_mean_over_its_batches_timed_at_its_ends_only(
     # 7 s (a logging batch): a median of batches would say 1 s.
     starts, synced, batch = [0.0, 1.0, 2.0, 3.0, 4.0, 11.0], [], 0
     monkeypatch.setattr(training, "_now", lambda device: synced.append(device) or starts[batch])
+    cpu = iter([100.0, 106.0])  # the process's CPU seconds at the window's two ends
+    monkeypatch.setattr(training.time, "process_time", lambda: next(cpu))
     window = training.Window(warmup=1, n=4)
     for batch in range(len(starts)):
         window.mark(batch, torch.device("cpu"))
     assert window.seconds_per_batch == pytest.approx(2.5)
+    assert window.timing() == {"wall": pytest.approx(2.5), "cpu": pytest.approx(1.5)}
     assert len(synced) == 2  # the device waits at the window's two ends, never in between
     with pytest.raises(RuntimeError, match="before batch 5 began"):
         _ = training.Window(warmup=1, n=4).seconds_per_batch
@@ -62,22 +65,33 @@ def test_as_user_runs_like_a_terminal_and_restores_the_environment(capsys) -> No
     assert "progress bar output" not in capsys.readouterr().out
 
 
-def test_overhead_rows_give_ms_and_ratios_to_raw_and_bare() -> None:
-    times = {"raw": [0.008, 0.009], "bare": [0.010, 0.010], "bench": [0.011], "user": [0.012]}
-    rows = overhead.rows(overhead.TINY, torch.device("cpu"), times)
-    by_case = {r["case"].split(": ", 1)[1]: r for r in rows}
-    assert by_case[overhead.LABELS["raw"]]["value"] == pytest.approx(8.5)
-    assert by_case[overhead.LABELS["user"]]["unit"] == "ms/batch"
-    assert "1.41x raw, 1.20x bare" in by_case[overhead.LABELS["user"]]["note"]
-    assert by_case["user default / bare Lightning"]["value"] == pytest.approx(1.2)
+def test_overhead_rows_give_ms_and_ratios_to_raw_and_bare_by_wall_and_cpu_time() -> None:
+    wall = {
+        "raw": [0.008, 0.009, 0.0085],
+        "bare": [0.010, 0.010, 0.020],  # round 3 ran slow throughout: its ratio is 0.6
+        "bench": [0.011, 0.011, 0.011],
+        "user": [0.012, 0.013, 0.012],
+    }
+    cpu = {loop: [t / 2 for t in ts] for loop, ts in wall.items()}
+    rows = overhead.rows(overhead.TINY, torch.device("cpu"), {"wall": wall, "cpu": cpu})
+    by_unit = {(r["case"].split(": ", 1)[1], r["unit"]): r for r in rows}
+    assert by_unit[(overhead.LABELS["raw"], "ms/batch")]["value"] == pytest.approx(8.5)
+    assert by_unit[(overhead.LABELS["raw"], "CPU ms/batch")]["value"] == pytest.approx(4.25)
+    assert "1.41x raw, 1.20x bare" in by_unit[(overhead.LABELS["user"], "ms/batch")]["note"]
+    for name in ("user default / bare Lightning", "user default / bare Lightning, CPU time"):
+        target = by_unit[(name, "x")]
+        assert target["value"] == pytest.approx(1.2)  # median of the rounds' ratios 1.2, 1.3, 0.6
+        assert "0.60-1.30" in target["note"]
 
 
 @pytest.mark.slow
 def test_overhead_measures_all_four_loops(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(overhead, "window", lambda device, quick: (1, 2, 1))
     times = overhead.measure(overhead.TINY, torch.device("cpu"), quick=True)
-    assert set(times) == set(overhead.LOOPS)
-    assert all(len(t) == 1 and 0 < t[0] < 10 for t in times.values()), times
+    assert set(times) == {"wall", "cpu"}
+    for by_loop in times.values():
+        assert set(by_loop) == set(overhead.LOOPS)
+        assert all(len(t) == 1 and 0 < t[0] < 10 for t in by_loop.values()), times
 
 
 def test_gpu_check_table_puts_failures_first() -> None:

@@ -22,7 +22,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.image.mifid import MemorizationInformedFrechetInceptionDistance
 
 from dcgan_lightning.callbacks.quality import QualityMetrics
-from dcgan_lightning.data.shapes import ShapesDataModule
+from dcgan_lightning.data.shapes import SHAPES, ShapesDataModule
 from dcgan_lightning.metrics import inception
 from dcgan_lightning.metrics.evaluator import (
     FEATURE_METRICS,
@@ -423,3 +423,47 @@ def test_evaluation_on_cuda_leaves_the_cuda_generator_untouched(extractor: nn.Mo
     assert torch.equal(torch.cuda.get_rng_state(), before)
     assert torch.equal(torch.get_rng_state(), cpu_before)
     assert full_evaluation(extractor, "cuda")["kid"] == first["kid"]
+
+
+# -- per class (a conditional model): SWD, FID and KID of each class ---------------------------
+def test_fid_and_kid_per_class_are_each_class_own_fid_and_kid() -> None:
+    real, real_y = shapes(96), torch.arange(96) % 3
+    noise = torch.randint(
+        0, 256, real.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    fake = torch.where((real_y == 2).view(-1, 1, 1, 1), noise, shapes(96, seed=1))  # class 2: noise
+    fake_y = real_y.clone()
+    ev = tiny_evaluator(class_names=["a", "b", "c", "lonely"], swd=True)
+    for chunk in range(0, 96, 40):  # batches with every class and uneven sizes
+        ev.update(real[chunk : chunk + 40], True, real_y[chunk : chunk + 40])
+        ev.update(fake[chunk : chunk + 40], False, fake_y[chunk : chunk + 40])
+    values = ev.compute()
+    for name, c in (("a", 0), ("b", 1), ("c", 2)):
+        alone = evaluate(real[real_y == c], fake[fake_y == c], swd=True)
+        for metric in ("fid", "kid", "swd"):
+            assert values[f"{metric}/{name}"] == pytest.approx(alone[metric], rel=1e-4, abs=1e-6)
+    assert values["fid/c"] > 3 * max(values["fid/a"], values["fid/b"])  # noise stands out
+    assert "fid/lonely" not in values  # no image of it: no value, and not in the mean
+    for metric in ("fid", "kid", "swd"):
+        per = [values[f"{metric}/{n}"] for n in "abc"]
+        assert values[f"{metric}_class_mean"] == pytest.approx(sum(per) / 3)
+    ev.reset()  # generated images forgotten, real ones kept
+    ev.update(real, False, real_y)
+    again = ev.compute()
+    assert all(abs(again[f"fid/{n}"]) < 1e-6 * values["fid/c"] for n in "abc")
+
+
+def test_intra_fid_is_logged_and_the_same_from_the_real_feature_cache(
+    make_cfg, tiny_inception, tmp_path: Path
+) -> None:
+    weights = f"metrics.feature_extractor_weights_path={tmp_path / 'weights.pth'}"
+    overrides = [*metric_overrides(tmp_path, weights), "model=cdcgan", "data.labels=true"]
+    first = train(make_cfg(*overrides))
+    first_seen, tiny_inception.images_seen = tiny_inception.images_seen, 0
+    assert len(list((tmp_path / "cache").glob("real_features_*.pt"))) == 1
+    second = train(tiny(compose_config(overrides, tmp_path / "second")))
+    assert tiny_inception.images_seen == first_seen - 32  # the 32 real images: cached
+    for metric in ("fid", "kid", "swd"):
+        keys = [f"val/{metric}/{shape}" for shape in SHAPES] + [f"val/{metric}_class_mean"]
+        for key in keys:
+            assert second[key] == pytest.approx(first[key], rel=1e-6), key

@@ -20,6 +20,7 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from dcgan_lightning.callbacks.quality import QualityMetrics
+from dcgan_lightning.data.shapes import SHAPES
 from dcgan_lightning.metrics import inception
 from dcgan_lightning.train import train
 from tests.conftest import REPO
@@ -92,12 +93,13 @@ def run_bounded(cfg, tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(proc.args, proc.returncode, out)
 
 
-def ddp_cfg(make_cfg, tmp_path: Path, hide: str, trainer: str = "ddp_sim"):
+def ddp_cfg(make_cfg, tmp_path: Path, hide: str, trainer: str = "ddp_sim", *extra: str):
     weights = tmp_path / "weights.pth"
     weights.write_bytes(b"stand-in")  # TinyExtractor stands in for what it holds
     cfg = make_cfg(
         *metric_overrides(tmp_path, f"metrics.feature_extractor_weights_path={weights}"),
         f"trainer={trainer}",
+        *extra,
     )
     with open_dict(cfg):
         metrics = OmegaConf.to_container(cfg.metrics, resolve=True)
@@ -109,16 +111,18 @@ def ddp_cfg(make_cfg, tmp_path: Path, hide: str, trainer: str = "ddp_sim"):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("conditional", [False, True], ids=["unconditional", "conditional"])
 def test_cache_only_rank_0_can_see_is_shared_with_every_rank(
-    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, conditional: bool
 ) -> None:
     # A first run (one process) writes the cache of real features.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setattr(inception, "load_inception", lambda path, antialias: TinyExtractor())
-    train(ddp_cfg(make_cfg, tmp_path, "cache", trainer="cpu"))
+    extra = ("model=cdcgan", "data.labels=true") if conditional else ()
+    train(ddp_cfg(make_cfg, tmp_path, "cache", "cpu", *extra))
     assert len(list((tmp_path / "cache").glob("real_features_*.pt"))) == 1
 
-    cfg = ddp_cfg(make_cfg, tmp_path, "cache")
+    cfg = ddp_cfg(make_cfg, tmp_path, "cache", "ddp_sim", *extra)
     cfg.paths.output_dir = str(tmp_path / "ddp_run")
     proc = run_bounded(cfg, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:]
@@ -126,9 +130,13 @@ def test_cache_only_rank_0_can_see_is_shared_with_every_rank(
     assert r0["computed"] == r1["computed"] and len(r0["computed"]) == 1
     assert {"fid", "kid", "swd"} <= set(r0["computed"][0])
     assert r0["logged"] == r1["logged"] and "val/fid" in r0["logged"]
+    if conditional:  # per class too, from each rank's share of the cached features and labels
+        per_class = {f"{m}/{shape}" for m in ("fid", "kid", "swd") for shape in SHAPES}
+        assert per_class | {"fid_class_mean"} <= set(r0["computed"][0])
     # Neither rank ran its extractor on real images: rank 1 got rank 0's cached features.
     assert r1["seen"] == 16  # its half of the 32 generated images
-    assert r0["seen"] == 16 + 16  # and the 16 samples of nearest.png
+    # and the samples of nearest.png: 16, or the conditional grid's 3 rows of 5 (16 rounded down)
+    assert r0["seen"] == 16 + (15 if conditional else 16)
     assert not (tmp_path / "empty").exists()  # and rank 1 wrote no second cache
 
 

@@ -129,30 +129,45 @@ class Window:
     """Times batches [warmup, warmup + n) start to start: all the loop does for them (loading, the
     step, logging, callbacks). The device is synchronised at the window's two ends only, so the
     host runs ahead of the device between them as in a real run; a mean over the window, not a
-    median of batches, so work done every k batches (logging, a bar refresh) counts."""
+    median of batches, so work done every k batches (logging, a bar refresh) counts.
+
+    Besides wall time, the process's CPU time (all its threads: a bar's refresh thread counts):
+    on a shared VM it does not count time the process waited for a core, so it is the steadier
+    figure of CPU-bound work, such as a loop's overhead with 1 torch thread."""
 
     def __init__(self, warmup: int, n: int) -> None:
         self.warmup, self.n = warmup, n
-        self.start: float | None = None
-        self.end: float | None = None
+        self.start: tuple[float, float] | None = None  # (wall, CPU) seconds
+        self.end: tuple[float, float] | None = None
 
     def mark(self, batch_idx: int, device: torch.device) -> None:
         """Call at the start of every batch."""
         if batch_idx == self.warmup:
-            self.start = _now(device)
+            self.start = (_now(device), time.process_time())
         elif batch_idx == self.warmup + self.n:
-            self.end = _now(device)
+            self.end = (_now(device), time.process_time())
+
+    def _per_batch(self, clock: int) -> float:
+        if self.start is None or self.end is None:
+            raise RuntimeError(f"the run ended before batch {self.warmup + self.n} began")
+        return (self.end[clock] - self.start[clock]) / self.n
 
     @property
     def seconds_per_batch(self) -> float:
-        if self.start is None or self.end is None:
-            raise RuntimeError(f"the run ended before batch {self.warmup + self.n} began")
-        return (self.end - self.start) / self.n
+        return self._per_batch(0)
+
+    @property
+    def cpu_seconds_per_batch(self) -> float:
+        return self._per_batch(1)
+
+    def timing(self) -> dict[str, float]:
+        """{"wall": s/batch, "cpu": CPU s/batch}."""
+        return {"wall": self.seconds_per_batch, "cpu": self.cpu_seconds_per_batch}
 
 
 class BatchTimer(Callback):
-    """A `Window` as a callback; rank 0 writes its seconds per batch to `out` (JSON), as a run
-    built by `train(cfg)` is out of reach once it ends."""
+    """A `Window` as a callback; rank 0 writes its `timing()` to `out` (JSON), as a run built by
+    `train(cfg)` is out of reach once it ends."""
 
     def __init__(self, warmup: int, n: int, out: str | None = None) -> None:
         self.window, self.out = Window(warmup, n), out
@@ -164,7 +179,7 @@ class BatchTimer(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.out and trainer.is_global_zero:
-            Path(self.out).write_text(json.dumps(self.window.seconds_per_batch))
+            Path(self.out).write_text(json.dumps(self.window.timing()))
 
 
 def model_overrides(case: Case) -> list[str]:
@@ -235,11 +250,12 @@ def timer_overrides(warmup: int, n: int, out: Path) -> list[str]:
     ]
 
 
-def framework_seconds(
+def framework_timing(
     case: Case, device: torch.device, warmup: int, n: int, tmp: Path, user: bool = True
-) -> float:
-    """Seconds per batch of `train(cfg)`, the path `python -m dcgan_lightning` takes: with the
-    user's default config (`user`), or stripped as the bench ran it before (`BENCH_LIKE`)."""
+) -> dict[str, float]:
+    """`train(cfg)`, the path `python -m dcgan_lightning` takes, with the user's default config
+    (`user`) or stripped as the bench ran it before (`BENCH_LIKE`): its wall and CPU seconds per
+    batch (`Window.timing`)."""
     out = tmp / "seconds.json"
     overrides = [*case_overrides(case, device, warmup + n + 1), *timer_overrides(warmup, n, out)]
     if user:
@@ -250,15 +266,16 @@ def framework_seconds(
     return json.loads(out.read_text())
 
 
-def raw_seconds(
+def raw_timing(
     case: Case,
     model_cfg: DictConfig,
     images: torch.Tensor,
     device: torch.device,
     warmup: int,
     n: int,
-) -> float:
-    """Seconds per batch of a plain PyTorch loop (the pytorch/examples recipe)."""
+) -> dict[str, float]:
+    """A plain PyTorch loop (the pytorch/examples recipe): its wall and CPU seconds per batch
+    (`Window.timing`)."""
     G = Generator(model_cfg.z_dim, case.image_size, images.size(1), **model_cfg.generator)
     D = Discriminator(case.image_size, images.size(1), **model_cfg.discriminator)
     G.apply(dcgan_init), D.apply(dcgan_init)
@@ -297,7 +314,7 @@ def raw_seconds(
         D.requires_grad_(True)
         d_x, d_g_z = torch.sigmoid(d_real.detach().float()), torch.sigmoid(d_fake.detach().float())
         logged.append(torch.stack([loss_d.detach(), d_x.mean(), d_g_z.mean(), loss_g.detach()]))
-    return window.seconds_per_batch
+    return window.timing()
 
 
 def peak_rss_mib(args: list[str], log: Path) -> float:
@@ -329,9 +346,9 @@ def _measure(
         torch.cuda.reset_peak_memory_stats(device)
     if side == "raw":
         model_cfg = compose_train_config(model_overrides(case), tmp).model
-        seconds = raw_seconds(case, model_cfg, data[case.image_size], device, *args)
+        seconds = raw_timing(case, model_cfg, data[case.image_size], device, *args)["wall"]
     else:
-        seconds = framework_seconds(case, device, *args, tmp)
+        seconds = framework_timing(case, device, *args, tmp)["wall"]
     timings.setdefault((case.name, side), []).append(seconds)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20

@@ -3,7 +3,9 @@
 Active when the datamodule holds images out (`data.holdout`). At each evaluation D scores the
 held-out images, as many fixed training images, and as many images of the sampling generator
 (the EMA copy when there is one, as for the other metrics) from fixed noise;
-`metrics.overfitting` turns the three mean logits into r_v.
+`metrics.overfitting` turns the three mean logits into r_v. A conditional model's D scores each
+image with its class; its generated images take the held-out images' classes, so the three sets
+have the same class mix.
 
 Under DDP every rank computes the whole value itself, from the same images, noise and weights:
 the same number on every rank, whatever the world size, with no collective of its own, so no rank
@@ -34,6 +36,7 @@ class OverfittingRatio(Callback):
     def __init__(self) -> None:
         self.train: torch.Tensor | None = None  # uint8, on the CPU, fixed at setup
         self.heldout: torch.Tensor | None = None
+        self.labels: tuple[torch.Tensor, torch.Tensor] | None = None  # (train, held-out) classes
         self.batch_size = 0
         self.last: dict[str, float] = {}  # this rank's values at the last evaluation
 
@@ -51,6 +54,9 @@ class OverfittingRatio(Callback):
         pick = torch.Generator().manual_seed(TRAIN_SUBSET_SEED)
         subset = torch.randperm(len(images), generator=pick)[: len(heldout)].sort().values
         self.train, self.heldout, self.batch_size = images[subset], heldout, datamodule.batch_size
+        self.labels = None
+        if getattr(pl_module, "labels", None) is not None:  # a conditional D needs the classes
+            self.labels = (datamodule.labels[subset], datamodule.holdout_labels)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.active and not getattr(trainer.datamodule, "num_val_images", 0):
@@ -67,8 +73,13 @@ class OverfittingRatio(Callback):
 
     def compute(self, pl_module: pl.LightningModule) -> dict[str, float]:
         """r_v and its mean logits; the model and every global random stream stay as they were."""
-        device, n = pl_module.device, len(self.heldout)
+        device, n, size = pl_module.device, len(self.heldout), self.batch_size
         z = pl_module.sample_noise(n, keyed_generator(device, NOISE_KEY))
-        generated = torch.cat([pl_module.generate(batch) for batch in z.split(self.batch_size)])
+        if self.labels is None:
+            generated = torch.cat([pl_module.generate(batch) for batch in z.split(size)])
+        else:
+            y = self.labels[1].split(size)
+            generated = torch.cat([pl_module.generate(b, c) for b, c in zip(z.split(size), y)])
         train, heldout = (to_signed(x.to(device)) for x in (self.train, self.heldout))
-        return discriminator_overfitting(pl_module, train, heldout, generated, self.batch_size)
+        labels = None if self.labels is None else (*self.labels, self.labels[1])
+        return discriminator_overfitting(pl_module, train, heldout, generated, size, labels=labels)

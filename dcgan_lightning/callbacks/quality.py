@@ -25,7 +25,6 @@ from dcgan_lightning.callbacks.nearest import draw_nearest
 from dcgan_lightning.callbacks.samples import log_image
 from dcgan_lightning.metrics import cache, inception
 from dcgan_lightning.metrics.evaluator import QualityEvaluator, to_uint8
-from dcgan_lightning.metrics.per_class import PerClassSWD
 
 log = logging.getLogger(__name__)
 SWD_MAX_PATCHES_PER_IMAGE = 128  # ProGAN's count: more would mostly repeat neighbourhoods
@@ -135,6 +134,8 @@ class QualityMetrics(Callback):
                 f"metrics use {n} real and {n} generated images"
             )
         datamodule.num_val_images = n
+        # A conditional model on labelled data: SWD, FID and KID per class too.
+        conditional = getattr(pl_module, "labels", None) is not None and datamodule.num_classes
         self.evaluator = QualityEvaluator(
             datamodule.image_size,
             self.extractor,
@@ -149,16 +150,9 @@ class QualityMetrics(Callback):
             swd_directions=self.swd_directions,
             distance_chunk=self.distance_chunk,
             nearest=self.nearest_samples > 0,
+            class_names=datamodule.class_names if conditional else None,
         ).to(pl_module.device)
         self.real_done = False
-        self.per_class = None  # a conditional model on labelled data: SWD per class too
-        if self.swd and getattr(pl_module, "labels", None) is not None and datamodule.num_classes:
-            self.per_class = PerClassSWD(
-                datamodule.class_names,
-                datamodule.image_size,
-                patches_per_image=self.evaluator.swd.patches_per_image,
-                num_directions=self.swd_directions,
-            ).to(pl_module.device)
         self._cache_settings = {
             "data": datamodule.fingerprint,
             "image_size": datamodule.image_size,
@@ -172,7 +166,11 @@ class QualityMetrics(Callback):
         decision = self._load_cache(n) if trainer.is_global_zero else None
         cached, self._write_cache = trainer.strategy.broadcast(decision, src=0)
         if cached is not None:
-            self.evaluator.load_real_features(cached[trainer.global_rank :: trainer.world_size])
+            share = slice(trainer.global_rank, None, trainer.world_size)  # the val sampler's split
+            labels = datamodule.val_labels() if conditional else None
+            self.evaluator.load_real_features(
+                cached[share], None if labels is None else labels[share]
+            )
 
     def _agree_on_weights(self) -> None:
         """Rank 0's Inception decides for every rank: the feature metrics' collectives run on all
@@ -218,13 +216,10 @@ class QualityMetrics(Callback):
     ) -> None:
         if self.evaluator is None or trainer.sanity_checking:
             return
-        self.evaluator.update(to_uint8(outputs["fake"]), real=False)
+        labels = outputs.get("labels")  # a conditional model's: those of real and fake alike
+        self.evaluator.update(to_uint8(outputs["fake"]), False, labels)
         if not self.real_done:
-            self.evaluator.update(to_uint8(outputs["real"]), real=True)
-        if self.per_class is not None:
-            self.per_class.update(to_uint8(outputs["fake"]), outputs["labels"], real=False)
-            if not self.real_done:
-                self.per_class.update(to_uint8(outputs["real"]), outputs["labels"], real=True)
+            self.evaluator.update(to_uint8(outputs["real"]), True, labels)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Runs on every rank: compute() is collective (never in a rank-zero-only hook).
@@ -240,10 +235,6 @@ class QualityMetrics(Callback):
             pl_module.log_dict({f"val/{k}": v for k, v in values.items()}, sync_dist=True)
             if self.nearest_samples and self.plots_dir is not None:
                 self._draw_nearest(trainer, pl_module)
-        if self.per_class is not None:
-            values = self.per_class.compute()  # collective, on every rank
-            pl_module.log_dict({f"val/{k}": v for k, v in values.items()}, sync_dist=True)
-            self.per_class.reset()
         self.evaluator.reset()
 
     def _draw_nearest(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

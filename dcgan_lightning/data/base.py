@@ -155,6 +155,7 @@ class ImageDataModule(LightningDataModule, ABC):
         check_holdout(holdout)
         self.holdout = holdout
         self.holdout_images: torch.Tensor | None = None  # uint8, never trained on
+        self.holdout_labels: torch.Tensor | None = None  # their classes, with `labels`
         self.on_device, self.device_memory_fraction = on_device, device_memory_fraction
         self.device_images: torch.Tensor | None = None  # the set on the device, once moved
         self.image_size, self.channels = image_size, channels
@@ -211,11 +212,13 @@ class ImageDataModule(LightningDataModule, ABC):
                 self._checked_labels(self.load_labels(), len(images)) if self.with_labels else None
             )
             self.images = self._hold_out(images)
-            if labels is not None:  # the training images' labels, in `_hold_out`'s order
+            if labels is not None:  # the labels, in `_hold_out`'s order
                 kept = len(self.images)
-                self.labels = (
-                    labels if kept == len(labels) else labels[fixed_order(len(labels))[:kept]]
-                )
+                if kept == len(labels):
+                    self.labels = labels
+                else:
+                    order = fixed_order(len(labels))
+                    self.labels, self.holdout_labels = labels[order[:kept]], labels[order[kept:]]
 
     def _checked_labels(self, labels: torch.Tensor, n: int) -> torch.Tensor:
         """`labels` as int64, checked against the images and classes; logs the class counts."""
@@ -313,9 +316,7 @@ class ImageDataModule(LightningDataModule, ABC):
         """
         if not self.num_val_images:
             return []
-        held_out = self.holdout_images is not None
-        order = torch.arange(len(self.images)) if held_out else fixed_order(len(self.images))
-        subset = order[: self.num_val_images]
+        subset = self._val_subset()
         labels = self.labels[subset] if self.labels is not None else None
         dataset = UInt8Images(self.images[subset], labels)
         sampler = None
@@ -328,6 +329,16 @@ class ImageDataModule(LightningDataModule, ABC):
             dataset, self.batch_size, sampler=sampler, collate_fn=stack_batch,
             generator=torch.Generator(),
         )  # fmt: skip
+
+    def _val_subset(self) -> torch.Tensor:
+        """Indices of the validation images, in the order the metrics see (and cache) them."""
+        held_out = self.holdout_images is not None
+        order = torch.arange(len(self.images)) if held_out else fixed_order(len(self.images))
+        return order[: self.num_val_images]
+
+    def val_labels(self) -> torch.Tensor | None:
+        """The validation images' classes, in `val_dataloader`'s dataset order (None: none)."""
+        return self.labels[self._val_subset()] if self.labels is not None else None
 
     def _loader(self, images: torch.Tensor, shuffle: bool, drop_last: bool) -> DataLoader:
         workers = self.num_workers

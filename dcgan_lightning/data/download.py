@@ -10,12 +10,18 @@ import importlib.util
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
+
+from lightning.pytorch.utilities import rank_zero_only
 
 from dcgan_lightning.errors import UserError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+POLL_SECONDS = 5.0
 
 KAGGLE_CREDENTIALS = (
     "set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), or put kaggle.json from "
@@ -105,3 +111,28 @@ def link_or_copy(source: Path, dest: Path) -> None:
     except OSError:
         shutil.copytree(source, dest, dirs_exist_ok=True)
     log.info("Data ready at %s (from %s)", dest, source)
+
+
+def wait_for_rank_zero(
+    find: Callable[[], T], what: str, path: Path, how: str, timeout_s: float = 3600
+) -> T:
+    """`find()` once rank 0 has fetched the data: under a launcher that starts every rank at once
+    (torchrun, SLURM), the others reach the data before rank 0's download ends. Polls while
+    `find` raises `MissingDataError`; after `timeout_s`, raises one saying what to do."""
+    deadline, announced = time.monotonic() + timeout_s, False
+    while True:
+        try:
+            return find()
+        except MissingDataError:
+            if time.monotonic() > deadline:
+                raise MissingDataError(
+                    what,
+                    path,
+                    f"rank {rank_zero_only.rank} waited {timeout_s / 60:.0f} min for rank 0 to "
+                    "fetch it. On storage each node has its own, fetch it on every node first:\n"
+                    + how,
+                ) from None
+            if not announced:
+                log.info("Rank %d: waiting for rank 0 to fetch %s", rank_zero_only.rank, what)
+                announced = True
+            time.sleep(POLL_SECONDS)

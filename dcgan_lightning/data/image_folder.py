@@ -9,10 +9,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 
 from dcgan_lightning.data import cache, decode
 from dcgan_lightning.data.base import ImageDataModule
-from dcgan_lightning.data.download import MissingDataError, fetch_kaggle, kaggle_instructions
+from dcgan_lightning.data.download import (
+    MissingDataError,
+    fetch_kaggle,
+    kaggle_instructions,
+    wait_for_rank_zero,
+)
 from dcgan_lightning.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -125,12 +131,15 @@ class ImageFolderDataModule(ImageDataModule):
         return self.crop
 
     def list_classes(self) -> list[str]:
-        # Asked for when the model is built, before `prepare_data`: fetch the data first.
-        if self.download and self.kaggle:
+        # Asked for when the model is built, on every rank, before `prepare_data`: rank 0 fetches
+        # the data first; ranks started with it (torchrun, SLURM) wait for its download.
+        if self.download and self.kaggle and rank_zero_only.rank == 0:
             try:
                 self.image_dir()
             except MissingDataError:
                 self.fetch()
+        elif self.download and self.kaggle:
+            wait_for_rank_zero(self.image_dir, self.what, self.root, self.how_to_get())
         folder = class_dir(self.image_dir())
         found = sorted(e.name for e in os.scandir(folder) if e.is_dir() and e.name[0] != ".")
         if self.classes is None:

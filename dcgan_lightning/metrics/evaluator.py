@@ -15,6 +15,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from dcgan_lightning.metrics.nearest import PIXEL_SPACE, NearestReal, pixel_features
+from dcgan_lightning.metrics.per_class import PerClassMetrics
 from dcgan_lightning.metrics.prdc import PRDC
 from dcgan_lightning.metrics.swd import SlicedWassersteinDistance
 
@@ -50,10 +51,25 @@ class FID(FrechetInceptionDistance):
         if self._real_factor is None or self._real_factor[0] != n_real:
             self._real_factor = (n_real, _factor(cov_real))
         factor = self._real_factor[1]
-        eigenvalues = torch.linalg.eigvalsh(factor.T @ cov_fake @ factor)
-        trace_sqrt = eigenvalues.clamp_min(0).sqrt().sum()
-        distance = (mean_real - mean_fake).square().sum() + cov_real.trace() + cov_fake.trace()
-        return (distance - 2 * trace_sqrt).to(self.orig_dtype)
+        return _frechet(mean_real, cov_real, mean_fake, cov_fake, factor).to(self.orig_dtype)
+
+
+def frechet_distance(real: Tensor, fake: Tensor) -> float:
+    """FID of two feature sets (N, D), in float64 as `FID`'s states; at least 2 rows each."""
+    real, fake = real.double(), fake.double()
+    mean_real, cov_real = _mean_cov(real.sum(0), real.T @ real, len(real))
+    mean_fake, cov_fake = _mean_cov(fake.sum(0), fake.T @ fake, len(fake))
+    return float(_frechet(mean_real, cov_real, mean_fake, cov_fake, _factor(cov_real)))
+
+
+def _frechet(
+    mean_real: Tensor, cov_real: Tensor, mean_fake: Tensor, cov_fake: Tensor, factor: Tensor
+) -> Tensor:
+    """|mu_r - mu_f|^2 + tr S_r + tr S_f - 2 tr sqrt(S_r S_f), with F F^T = S_r."""
+    eigenvalues = torch.linalg.eigvalsh(factor.T @ cov_fake @ factor)
+    trace_sqrt = eigenvalues.clamp_min(0).sqrt().sum()
+    distance = (mean_real - mean_fake).square().sum() + cov_real.trace() + cov_fake.trace()
+    return distance - 2 * trace_sqrt
 
 
 def _factor(cov: Tensor) -> Tensor:
@@ -81,17 +97,40 @@ class KID(KernelInceptionDistance):
     seed = 0
 
     def compute(self) -> tuple[Tensor, Tensor]:
-        # torchmetrics' compute, with `generator=` on its randperm calls.
         real, fake = dim_zero_cat(self.real_features), dim_zero_cat(self.fake_features)
-        size = min(self.subset_size, len(real), len(fake))
-        generator = torch.Generator().manual_seed(self.seed)
-        scores = []
-        for _ in range(self.subsets):
-            f_real = real[torch.randperm(len(real), generator=generator)[:size].to(real.device)]
-            f_fake = fake[torch.randperm(len(fake), generator=generator)[:size].to(fake.device)]
-            scores.append(poly_mmd(f_real, f_fake, self.degree, self.gamma, self.coef))
-        stacked = torch.stack(scores)
-        return stacked.mean(), stacked.std(unbiased=False)
+        return kernel_distance(
+            real,
+            fake,
+            self.subsets,
+            self.subset_size,
+            self.seed,
+            self.degree,
+            self.gamma,
+            self.coef,
+        )
+
+
+def kernel_distance(
+    real: Tensor,
+    fake: Tensor,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """KID (mean, std over subsets) of two feature sets: torchmetrics' compute, with its subsets
+    drawn from a private generator seeded with `seed` and their size capped by the set sizes."""
+    size = min(subset_size, len(real), len(fake))
+    generator = torch.Generator().manual_seed(seed)
+    scores = []
+    for _ in range(subsets):
+        f_real = real[torch.randperm(len(real), generator=generator)[:size].to(real.device)]
+        f_fake = fake[torch.randperm(len(fake), generator=generator)[:size].to(fake.device)]
+        scores.append(poly_mmd(f_real, f_fake, degree, gamma, coef))
+    stacked = torch.stack(scores)
+    return stacked.mean(), stacked.std(unbiased=False)
 
 
 def _distributed() -> bool:
@@ -132,9 +171,10 @@ class QualityEvaluator(nn.Module):
     One `extractor` forward per image feeds FID, KID, MiFID and precision/recall/density/coverage
     alike (`extractor` maps uint8 (N, 3, H, W) to (N, D) features; Inception v3 for the published
     metrics). `nearest` adds `nn_ratio`, the memorisation check, in the extractor's space or,
-    without one, in downsampled pixels (`nn_space`). Real statistics survive `reset`: the real set
-    is seen (or loaded) once per run. Under DDP `compute` is a collective call: every rank must
-    make it.
+    without one, in downsampled pixels (`nn_space`). `class_names` (a conditional model) adds SWD,
+    FID and KID per class from the same images and features, when `update` is given labels. Real
+    statistics survive `reset`: the real set is seen (or loaded) once per run. Under DDP `compute`
+    is a collective call: every rank must make it.
     """
 
     def __init__(
@@ -150,6 +190,7 @@ class QualityEvaluator(nn.Module):
         swd_directions: int = 512,
         distance_chunk: int = 1024,
         nearest: bool = False,
+        class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
         unknown = set(feature_metrics) - set(FEATURE_METRICS)
@@ -185,16 +226,34 @@ class QualityEvaluator(nn.Module):
         self.nn_space = "Inception features" if self.extractor is not None else PIXEL_SPACE
         self._nn_features: dict[bool, list[Tensor]] = {True: [], False: []}  # this rank's, by real
         self._nearest_real: NearestReal | None = None
+        self.per_class: PerClassMetrics | None = None
+        if class_names:
+            image = {}
+            if swd:
+                image["swd"] = lambda: SlicedWassersteinDistance(
+                    image_size, swd_patches_per_image, swd_directions
+                )
+            scores = {}
+            if "fid" in self.feature_metrics:
+                scores["fid"] = frechet_distance
+            if "kid" in self.feature_metrics:
+                scores["kid"] = lambda real, fake: float(
+                    kernel_distance(real, fake, kid_subsets, kid_subset_size)[0]
+                )
+            self.per_class = PerClassMetrics(class_names, image, scores)
 
     @torch.no_grad()
-    def update(self, images: Tensor, real: bool) -> None:
-        """Add uint8 (N, C, H, W) images; real features are skipped once loaded from a cache."""
+    def update(self, images: Tensor, real: bool, labels: Tensor | None = None) -> None:
+        """Add uint8 (N, C, H, W) images (of classes `labels`, for the per-class metrics); real
+        features are skipped once loaded from a cache."""
         if self.extractor is not None and not (real and self.real_features_loaded):
-            self._update_features(self._extract(images), real)
+            self._update_features(self._extract(images), real, labels)
         elif self.nearest and self.extractor is None:
             self._nn_features[real].append(pixel_features(images))
         if self.swd is not None:
             self.swd.update(images, real)
+        if self.per_class is not None and labels is not None:
+            self.per_class.update_images(images, labels, real)
         if not real:
             self.fake_seen += images.size(0)
 
@@ -202,9 +261,11 @@ class QualityEvaluator(nn.Module):
         rgb = images.expand(-1, 3, -1, -1) if images.size(1) == 1 else images
         return self.extractor(rgb).float()
 
-    def _update_features(self, features: Tensor, real: bool) -> None:
+    def _update_features(self, features: Tensor, real: bool, labels: Tensor | None) -> None:
         for metric in self.feature_metrics.values():
             metric.update(features, real=real)
+        if self.per_class is not None and labels is not None:
+            self.per_class.update_features(features, labels, real)
         if real:
             self.real_features.append(features)
         if self.nearest:
@@ -223,9 +284,12 @@ class QualityEvaluator(nn.Module):
             self._nearest_real = NearestReal(features, self.distance_chunk)
         return self._nearest_real
 
-    def load_real_features(self, features: Tensor) -> None:
-        """This rank's share of cached real features: the real image pass is skipped."""
-        self._update_features(features.to(self._device()), real=True)
+    def load_real_features(self, features: Tensor, labels: Tensor | None = None) -> None:
+        """This rank's share of cached real features (and their classes): the real image pass
+        is skipped."""
+        device = self._device()
+        labels = labels.to(device) if labels is not None else None
+        self._update_features(features.to(device), True, labels)
         self.real_features_loaded = True
 
     def gather_real_features(self) -> Tensor:
@@ -257,6 +321,8 @@ class QualityEvaluator(nn.Module):
             local = torch.cat(self._nn_features[False])
             fakes = torch.cat(gather_all_tensors(local)) if _distributed() else local
             values["nn_ratio"] = self.nearest_real().nn_ratio(fakes)
+        if self.per_class is not None:
+            values |= self.per_class.compute()
         return values
 
     def reset(self) -> None:
@@ -265,6 +331,8 @@ class QualityEvaluator(nn.Module):
             metric.reset()
         if self.swd is not None:
             self.swd.reset()
+        if self.per_class is not None:
+            self.per_class.reset()
         self._nn_features[False].clear()
         self.fake_seen = 0
 

@@ -43,8 +43,10 @@ def discriminator_overfitting(
     generated: torch.Tensor,
     batch_size: int,
     seed: int = 0,
+    labels: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """r_v and the mean logits behind it, for images in [-1, 1] on the model's device.
+    """r_v and the mean logits behind it, for images in [-1, 1] on the model's device (and, for
+    a conditional model, `labels`: the classes of train, held-out and generated images).
 
     D runs as in a training step (batch statistics, the model's DiffAugment) but without dropout.
     Each set meets the same D, a fresh copy of the model's (spectral norm's power iteration
@@ -53,16 +55,19 @@ def discriminator_overfitting(
     identically. No global random stream moves.
     """
 
-    def mean_logit(images: torch.Tensor) -> float:
+    def mean_logit(images: torch.Tensor, classes: torch.Tensor | None) -> float:
         D = copy.deepcopy(model.discriminator).train()
         for module in D.modules():
             if isinstance(module, nn.Dropout):
                 module.eval()
+        batches = images.split(batch_size)
+        per_batch = classes.split(batch_size) if classes is not None else [None] * len(batches)
         with seeded_streams(images.device, seed):
-            logits = [D(model.augment(batch)) for batch in images.split(batch_size)]
+            logits = [D(model.augment(x), *model.conditions(y)) for x, y in zip(batches, per_batch)]
         return torch.cat(logits).float().mean().item()
 
-    d_train, d_heldout, d_generated = (mean_logit(x) for x in (train, heldout, generated))
+    sets = zip((train, heldout, generated), labels or (None, None, None))
+    d_train, d_heldout, d_generated = (mean_logit(x, y) for x, y in sets)
     gap = d_train - d_generated
     return {
         "r_v": (d_train - d_heldout) / gap if gap else math.nan,

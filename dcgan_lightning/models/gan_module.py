@@ -133,7 +133,7 @@ class GAN(LightningModule):
         was_training = net.training
         net.eval()
         try:
-            return net(z.to(self.device), *self._conditions(labels)).float()
+            return net(z.to(self.device), *self.conditions(labels)).float()
         finally:
             net.train(was_training)
 
@@ -145,11 +145,11 @@ class GAN(LightningModule):
         return self.generate(self.fixed_noise, labels), nrow
 
     # -- labels: the identity for an unconditional model ---------------------------------------
-    def _conditions(self, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    def conditions(self, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """The nets' extra arguments: `(labels,)` for a conditional model, else none."""
         if self.labels is None:
             return ()
-        if labels is None:  # e.g. data.holdout's r_v scores G and D without classes
+        if labels is None:  # a caller that has no classes to give
             raise UserError("this model is conditional: its G and D need class labels")
         return (labels.to(self.device),)
 
@@ -158,7 +158,7 @@ class GAN(LightningModule):
         real, labels = batch if isinstance(batch, (tuple, list)) else (batch, None)
         if self.labels is not None and labels is None:
             raise UserError("model.conditional needs labelled batches: set data.labels=true")
-        return real, self._conditions(labels)
+        return real, self.conditions(labels)
 
     def _sample_inputs(self, n: int, rng: torch.Generator) -> tuple[torch.Tensor, ...]:
         """z, then (conditional) fake labels, both from `rng`: per rank, resumable."""
