@@ -1,6 +1,6 @@
 """Quality metrics every `eval_every_n_epochs` (val/fid, val/kid, val/mifid, val/precision,
-val/recall, val/density, val/coverage, val/swd, val/nn_ratio, plots/nearest.png) and the checkpoint
-of the best epoch by them.
+val/recall, val/density, val/coverage, val/swd, val/nn_ratio, plots/nearest.png; for a conditional
+model also val/swd, val/fid and val/kid per class) and the checkpoint of the best epoch by them.
 
 The validation loop carries the work: the datamodule yields a fixed subset of `num_samples` real
 images (split across ranks), `GAN.validation_step` generates as many images, this callback feeds

@@ -51,8 +51,16 @@ ARMS = {
     ],
     # The preset with adaptive augmentation: DiffAugment only as far as D overfits (ADA).
     "plus_ada": ["model=dcgan_plus", "model.ada={target:0.6,interval:4,kimg:50}"],
+    # The plain DCGAN with DiffAugment under ADA only: until D overfits, the plain DCGAN itself.
+    "dcgan_ada": [
+        "model=dcgan",
+        "model.diffaugment=[color,translation,cutout]",
+        "model.ada={target:0.6,interval:4,kimg:50}",
+    ],
 }
-METRICS = ("val/swd", "val/fid", "val/kid")  # lower is better; the ones every arm logged are shown
+METRICS = ("val/swd", "val/fid", "val/kid", "val/nn_ratio")  # those every arm logged are shown
+LOWER_IS_BETTER = {"val/swd", "val/fid", "val/kid"}
+NN_RATIO = "below 1: samples sit nearer training images than those sit to each other"
 
 
 def digits(out: Path, n: int) -> tuple[list[str], dict]:
@@ -167,8 +175,9 @@ def cell(values: list[float], significant: int) -> str:
 def table(metric: str, curves: dict[str, list[dict[int, float]]]) -> str:
     """A Markdown table of `metric` at the batch counts every run was evaluated at."""
     steps = sorted(set.intersection(*(set(c) for runs in curves.values() for c in runs)))
+    reading = "lower is better" if metric in LOWER_IS_BETTER else NN_RATIO
     lines = [
-        f"\n{metric} (lower is better) at equal steps:\n",
+        f"\n{metric} ({reading}) at equal steps:\n",
         "| batches | " + " | ".join(curves) + " |",
         "|---|" + "---|" * len(curves),
     ]
