@@ -124,7 +124,8 @@ def test_small_data_study_compares_both_arms_at_equal_steps(tmp_path) -> None:
 
     assert "| batches | dcgan | dcgan_plus |" in result.stdout
     rows = [line for line in result.stdout.splitlines() if line.startswith(("| 2 |", "| 4 |"))]
-    assert len(rows) == 2 and all(len(row.split("|")) == 5 for row in rows)
+    assert len(rows) == 4 and all(len(row.split("|")) == 5 for row in rows)  # swd, nn_ratio
+    assert "val/nn_ratio (below 1: samples sit nearer training images" in result.stdout
     assert "val/fid" not in result.stdout  # no Inception weights offline: SWD only
     arm_rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| dcg")]
     r_v = {row[1].strip(): float(row[2]) for row in arm_rows}
