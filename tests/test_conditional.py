@@ -454,8 +454,8 @@ def test_the_shape_measure_names_the_shapes_of_real_images() -> None:
 
 @pytest.mark.slow
 def test_a_conditional_shapes_run_draws_triangles_where_asked(tmp_path: Path) -> None:
-    """1,920 batches (~4 min on 2 cores): by then the triangle row is triangles and the other
-    rows are not; circles and squares both come out as rounded squares (not separated yet)."""
+    """1,920 batches (94 s on a quiet 2-core CPU): by then the triangle row is triangles and the
+    other rows are not; circles and squares both come out as rounded squares (not told apart)."""
     cfg = compose_config(
         [
             "model=cdcgan",
