@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from dcgan_lightning.callbacks.dispatch import skip_unused_batch_hooks
 from dcgan_lightning.checkpoint_io import AtomicCheckpointIO, ensure_writable
 from dcgan_lightning.loggers import finish_wandb, start_loggers
 from dcgan_lightning.precision import trainer_precision
@@ -86,6 +87,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             cfg.trainer, callbacks=callbacks, logger=loggers or False, **precision
         )
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        skip_unused_batch_hooks(trainer.callbacks)  # Lightning's own ones too
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:
         finish_wandb(loggers)

@@ -84,6 +84,14 @@ def test_overhead_rows_give_ms_and_ratios_to_raw_and_bare_by_wall_and_cpu_time()
         assert "0.60-1.30" in target["note"]
 
 
+def test_each_overhead_round_runs_bare_and_user_back_to_back_in_turns() -> None:
+    orders = [overhead.round_order(r) for r in range(4)]
+    assert all(sorted(o) == sorted(overhead.LOOPS) for o in orders)
+    assert all(set(o[2:]) == {"bare", "user"} for o in orders)
+    assert [o[2] for o in orders] == ["bare", "user", "bare", "user"]
+    assert {o[0] for o in orders} == {"raw", "bench"}
+
+
 @pytest.mark.slow
 def test_overhead_measures_all_four_loops(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(overhead, "window", lambda device, quick: (1, 2, 1))

@@ -6,9 +6,11 @@ pytorch/examples step); (2) a bare Lightning module, manual optimization with `t
 no logging, no progress bar (`BareGAN` below); (3) `train(cfg)` stripped as the bench ran it
 before (no progress bar, CSV logs); (4) `train(cfg)` with the user's default config (Rich progress
 bar, W&B offline, default callbacks), only the nets shrunk. Every Lightning row times a window of
-batches after a warm-up with a callback, so start-up is not counted; the four alternate, in a
-rotating order, and each figure is a median of repeats. On a GPU the bench runs this at real sizes
-too (`gpu_check`), where a step of ~2 ms makes the loop's cost show.
+batches after a warm-up with a callback, so start-up is not counted. Each round runs the four:
+the raw and bench-like loops, then the bare module and the user default back to back (which goes
+first alternates), so the ratio that decides the target compares two runs seconds apart on this
+VM whose speed drifts; each figure is a median over rounds. On a GPU the bench runs this at real
+sizes too (`gpu_check`), where a step of ~2 ms makes the loop's cost show.
 Run alone: `python -m dcgan_lightning.bench.overhead [--quick]`.
 """
 
@@ -130,12 +132,17 @@ def window(device: torch.device, quick: bool) -> tuple[int, int, int]:
     return (10, 50, 1) if quick else (10, 200, 11)
 
 
+def round_order(r: int) -> tuple[str, ...]:
+    """The loops of round `r`: bare and user adjacent, last, in turns first."""
+    pair = ("bare", "user") if r % 2 == 0 else ("user", "bare")
+    return ("raw", "bench", *pair) if r % 4 < 2 else ("bench", "raw", *pair)
+
+
 Times = dict[str, dict[str, list[float]]]  # clock ("wall", "cpu") -> loop -> s/batch per round
 
 
 def measure(case: Case, device: torch.device, quick: bool = False) -> Times:
-    """Wall and CPU seconds per batch of each of `LOOPS`, `repeats` each, interleaved in a
-    rotating order."""
+    """Wall and CPU seconds per batch of each of `LOOPS`, `repeats` each, in `round_order`."""
     warmup, n, repeats = window(device, quick)
     times: Times = {clock: {loop: [] for loop in LOOPS} for clock in CLOCKS}
     with tempfile.TemporaryDirectory() as tmp_dir, quiet():
@@ -144,7 +151,7 @@ def measure(case: Case, device: torch.device, quick: bool = False) -> Times:
         images = images.load_images()
         model_cfg = compose_train_config(model_overrides(case), tmp).model
         for r in range(repeats):
-            for loop in LOOPS[r % 4 :] + LOOPS[: r % 4]:
+            for loop in round_order(r):
                 run_dir = tmp / f"{r}-{loop}"
                 if loop == "raw":
                     timing = raw_timing(case, model_cfg, images, device, warmup, n)

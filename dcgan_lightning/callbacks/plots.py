@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from matplotlib.figure import Figure
 
 from dcgan_lightning.callbacks.samples import log_image
+from dcgan_lightning.models.train_logs import TrainLogs
 
 # Each figure: its file name and the logged keys it draws, with their legend labels.
 FIGURES = {
@@ -35,8 +36,8 @@ PANELS_PER_ROW = 4
 class TrainingPlots(Callback):
     """discriminator.png, losses.png and metrics.png, against training progress in epochs.
 
-    Per-batch values are read every `trainer.log_every_n_steps` batches (reading a GPU value
-    synchronises, so not every batch); per-epoch means are drawn on top of them.
+    Per-batch values are read on the batches that log them, every `trainer.log_every_n_steps`
+    (reading a GPU value synchronises, so not every batch); per-epoch means are drawn on top.
     """
 
     def __init__(self, dirpath: str) -> None:
@@ -47,7 +48,7 @@ class TrainingPlots(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, i: int
     ) -> None:
-        if i % max(1, trainer.log_every_n_steps):
+        if not TrainLogs.logging_now(trainer):  # the batches whose step values were just logged
             return
         progress = trainer.current_epoch + (i + 1) / max(1, trainer.num_training_batches)
         self._record(trainer, "_step", progress, "train/")

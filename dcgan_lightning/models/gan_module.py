@@ -216,8 +216,7 @@ class GAN(LightningModule):
         self.train_logs.add(logs)
         if TrainLogs.logging_now(self.trainer):
             self.nonfinite.check(self.trainer)
-            steps = {f"train/{k}_step": v.detach().float() for k, v in logs.items()}
-            self.log_dict(steps, prog_bar=True, on_step=True, on_epoch=False)
+            TrainLogs.log_step(self.trainer, logs)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # On the epoch's last batch, so that callbacks' `on_train_epoch_end` (plots) see them.

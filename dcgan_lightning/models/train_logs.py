@@ -1,11 +1,13 @@
-"""The four GAN numbers per step and per epoch, at no per-step cost beyond one small device add.
+"""The GAN numbers per step and per epoch, at no per-step cost beyond a few small device ops.
 
-`self.log(..., on_step=True, on_epoch=True)` on every batch costs ~0.4 ms of Python per value, and
+`self.log(..., on_step=True)` costs ~0.5 ms of Python per value and call (Lightning moves its
+result object, a torchmetrics `Metric`, to the value's device each time), and
 `MeanMetric(nan_strategy=...)` reads a NaN flag on the host per update: on a GPU step of ~2 ms
 that is most of the time. Instead each step adds its values, and whether each is finite, into
-two device tensors; `TrainLogs.step_values` hands Lightning the step's values only on the batches
-it logs (`trainer.log_every_n_steps`), and `epoch_means` reduces the sums over all ranks once per
-epoch. Non-finite values (a step skipped by `on_nonfinite=skip`) are left out of the means.
+two device tensors; on the batches Lightning sends to the loggers (`trainer.log_every_n_steps`)
+`log_step` copies the step's values to the host at once and puts them where `self.log` would;
+`epoch_means` reduces the sums over all ranks once per epoch. Non-finite values (a step skipped
+by `on_nonfinite=skip`) are left out of the means.
 """
 
 from __future__ import annotations
@@ -38,6 +40,17 @@ class TrainLogs(nn.Module):
     def logging_now(trainer: Trainer) -> bool:
         """Whether Lightning sends step metrics to the loggers after this batch."""
         return trainer._logger_connector.should_update_logs
+
+    @staticmethod
+    def log_step(trainer: Trainer, values: dict[str, torch.Tensor]) -> None:
+        """`train/<name>_step` of this rank's `values` where `self.log(..., on_step=True,
+        prog_bar=True)` puts them: the loggers (at the step and with the `epoch` Lightning's step
+        logging uses), `trainer.progress_bar_metrics` and `trainer.callback_metrics`."""
+        names = [f"train/{name}_step" for name in values]
+        host = torch.stack([v.detach().float() for v in values.values()]).cpu().unbind()
+        trainer.callback_metrics.update(zip(names, host))
+        trainer.progress_bar_metrics.update((n, v.item()) for n, v in zip(names, host))
+        trainer._logger_connector.log_metrics(dict(zip(names, host)))
 
     def epoch_means(self, trainer: Trainer) -> dict[str, torch.Tensor]:
         """Means over every rank's steps of this epoch (NaN where none counted); resets the sums.
