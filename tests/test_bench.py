@@ -84,6 +84,18 @@ def test_overhead_rows_give_ms_and_ratios_to_raw_and_bare_by_wall_and_cpu_time()
         assert "0.60-1.30" in target["note"]
 
 
+def test_training_ratio_is_the_median_of_each_repeats_own_ratio() -> None:
+    case = training.Case("fp32", "32-true", False)
+    # Repeat 2 ran slow on both sides: a ratio of medians would read 0.60, the pairs say 1.0.
+    timings = {("fp32", "raw"): [0.10, 0.20, 0.12], ("fp32", "framework"): [0.10, 0.20, 0.20]}
+    rows = training._rows(timings, [case], torch.device("cpu"), 3, 10)
+    ratio = next(r for r in rows if r["case"] == "fp32: train(cfg) / raw")
+    assert ratio["value"] == pytest.approx(1.0)
+    assert "median of 3 repeats' ratios, 0.60-1.00" in ratio["note"]
+    rate = next(r for r in rows if r["case"] == "fp32: train(cfg)")
+    assert rate["value"] == pytest.approx(64 / 0.20)  # img/s from the median seconds
+
+
 def test_each_overhead_round_runs_bare_and_user_back_to_back_in_turns() -> None:
     orders = [overhead.round_order(r) for r in range(4)]
     assert all(sorted(o) == sorted(overhead.LOOPS) for o in orders)

@@ -367,8 +367,14 @@ def _rows(
             spread = f"{case.batch / max(seconds):.0f}-{case.batch / min(seconds):.0f}"
             note = f"{case.image_size} px, batch {case.batch}, {where}; repeats {spread}"
             rows.append(row(SECTION, f"{case.name}: {side}", rate, "img/s", note))
-        ratio = statistics.median(raw) / statistics.median(fw)  # of seconds: img/s fw / raw
-        note = f"default config (progress bar, W&B offline); {target}"
+        # Each repeat runs both sides back to back: the median of its ratios (of seconds: img/s
+        # framework / raw) is steadier than a ratio of medians on a VM whose speed drifts.
+        paired = sorted(r / f for r, f in zip(raw, fw))
+        ratio = statistics.median(paired)
+        note = (
+            f"default config (progress bar, W&B offline); {target}; median of {len(paired)} "
+            f"repeats' ratios, {paired[0]:.2f}-{paired[-1]:.2f}"
+        )
         rows.append(row(SECTION, f"{case.name}: train(cfg) / raw", ratio, "x", note))
         for side in ("raw", "framework") if device.type == "cuda" else ():
             peak = max(timings[(case.name, f"{side} GPU")])
@@ -394,7 +400,7 @@ def _rss_rows(rss: dict[str, float]) -> list[dict]:
 def window(device: torch.device, quick: bool) -> tuple[int, int, int]:
     """(warm-up batches, timed batches, repeats); on GPU compile and cudnn autotuning happen in
     a longer warm-up, and a window of 10 batches would be a few ms."""
-    warmup, n, repeats = (2, 4, 1) if quick else (3, 10, 3)
+    warmup, n, repeats = (2, 4, 1) if quick else (3, 10, 5)
     if device.type == "cuda":
         warmup, n = warmup + 5, n * 3
     return warmup, n, repeats
