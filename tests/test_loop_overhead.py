@@ -4,11 +4,14 @@ step values reach the loggers, the progress bar and `callback_metrics` without `
 from __future__ import annotations
 
 import csv
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
+import rich.live
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.profilers import Profiler
 
@@ -140,3 +143,30 @@ def test_hooks_a_class_overrides_are_kept() -> None:
         assert callable(cb.on_train_batch_end) and cb.on_train_batch_start is None
     assert all(getattr(plain, hook) is None for hook in BATCH_HOOKS)
     assert callable(plain.on_train_epoch_end)  # once an epoch: left alone
+
+
+def test_the_bar_redraws_at_most_refresh_rate_times_a_second(
+    make_cfg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renders, real_refresh = [], rich.live.Live.refresh
+
+    def counting_refresh(self) -> None:
+        if threading.current_thread() is not threading.main_thread():  # Rich's redraw thread
+            renders.append(time.perf_counter())
+        real_refresh(self)
+
+    monkeypatch.setattr(rich.live.Live, "refresh", counting_refresh)
+    for name in ("TTY_COMPATIBLE", "TTY_INTERACTIVE"):  # draw live, as on a terminal
+        monkeypatch.setenv(name, "1")
+    cfg = make_cfg(
+        "logger=none", "metrics=none", "trainer.max_epochs=1", "++trainer.limit_train_batches=150",
+        "data.num_images=2400", "data.batch_size=16", "model.generator.features=8",
+        "model.discriminator.features=8", "callbacks.progress_bar.every_n_batches=1",
+        "++trainer.enable_progress_bar=true", shrink=False,
+    )  # fmt: skip
+    start = time.perf_counter()
+    train(cfg)
+    seconds = time.perf_counter() - start
+    assert cfg.callbacks.progress_bar.refresh_rate == 2
+    # 150 updates; Lightning's default rate (100 a second) redraws after nearly every one.
+    assert 1 <= len(renders) <= 2 * seconds + 2, (len(renders), seconds)

@@ -4,7 +4,10 @@ Lightning's `RichProgressBar` updates its task, reads `trainer.progress_bar_metr
 after every training batch, whatever its `refresh_rate` (which only sets how often Rich's own
 thread redraws per second). Reading the metrics converts them to Python numbers: on a GPU that
 waits for the step to finish, once per batch. This bar does it once per log interval (when the
-shown losses change anyway) and on the epoch's last batch.
+shown losses change anyway) and on the epoch's last batch. Rich redraws from its own thread,
+`refresh_rate` times a second at most, and only after an update: with Lightning's default (100)
+it redraws at every update, ~3 ms of Python holding the GIL each, 50 times a second on a GPU
+that steps in 2 ms; the config sets 2.
 """
 
 from __future__ import annotations
