@@ -91,13 +91,15 @@ def start_loggers(loggers: list[Logger], config: dict[str, Any], save_dir: str) 
 
 
 def finish_wandb(loggers: list[Logger]) -> None:
-    """Close this job's W&B run (so the next job of a sweep gets its own) and say how to sync it."""
+    """Close this job's W&B run (so the next job of a sweep gets its own) and say how to sync it;
+    `loggers`: the job's configured loggers. A job without W&B leaves an open run alone (a
+    notebook's own, or another job's in the same process)."""
     import wandb
 
-    if wandb.run is None:
+    if wandb.run is None or not any(isinstance(lg, WandbLogger) for lg in loggers):
         return
     offline = wandb.run.settings._offline
     run_dir = Path(wandb.run.dir).parent
     wandb.finish()
-    if offline and any(isinstance(lg, WandbLogger) for lg in loggers):
+    if offline:
         log.info("W&B run saved offline. Upload it with:\n  wandb sync %s", run_dir)

@@ -79,7 +79,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if rank_zero_only.rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, config_file(output_dir), resolve=True)
-    loggers = start_loggers(instantiate_dict(cfg.get("logger")), resolved, str(output_dir))
+    configured = instantiate_dict(cfg.get("logger"))
+    loggers = start_loggers(configured, resolved, str(output_dir))
     try:
         rerun_this_job_for_ddp_ranks()
         precision = trainer_precision(cfg.trainer)  # 16-mixed on a CPU: real fp16
@@ -90,7 +91,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         skip_unused_batch_hooks(trainer.callbacks)  # Lightning's own ones too
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:
-        finish_wandb(loggers)
+        finish_wandb(configured)  # also a W&B run that failed to start
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if trainer.is_global_zero:

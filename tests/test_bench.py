@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -12,9 +13,11 @@ import pytest
 import torch
 
 from dcgan_lightning.bench import __main__ as bench_main
-from dcgan_lightning.bench import gpu_check, overhead, training
+from dcgan_lightning.bench import gpu_check, overhead, training, turns
 from dcgan_lightning.bench.gpu_check import Result
 from tests.conftest import REPO
+
+CPU = torch.device("cpu")
 
 TINY_CHECK = [  # a training check that runs in seconds on a CPU
     "trainer=cpu",
@@ -34,7 +37,7 @@ def test_window_is_a_mean_over_its_batches_timed_at_its_ends_only(
     # Batch starts at 0, 1, 2, 3, 4, 11 s: after 1 warm-up batch, 3 batches of 1 s and one of
     # 7 s (a logging batch): a median of batches would say 1 s.
     starts, synced, batch = [0.0, 1.0, 2.0, 3.0, 4.0, 11.0], [], 0
-    monkeypatch.setattr(training, "_now", lambda device: synced.append(device) or starts[batch])
+    monkeypatch.setattr(training, "now", lambda device: synced.append(device) or starts[batch])
     cpu = iter([100.0, 106.0])  # the process's CPU seconds at the window's two ends
     monkeypatch.setattr(training.time, "process_time", lambda: next(cpu))
     window = training.Window(warmup=1, n=4)
@@ -184,3 +187,39 @@ def test_a_section_runs_with_its_threads_unless_told_otherwise(
     assert seen == [1, 2]
     assert torch.get_num_threads() == before
     assert "| section | case |" in capsys.readouterr().out
+
+
+def _loop(rotation: turns.Turns, name: str, seconds: float, events: list, fail: bool = False):
+    """A fake loop: `seconds` of sleep a batch, its turns' batches recorded in `events`."""
+
+    def run() -> None:
+        window = rotation.window(name)
+        for i in range(rotation.warmup + rotation.n + 1):
+            if fail and i == 1:
+                raise ValueError(f"{name} broke")
+            window.mark(i, torch.device("cpu"))
+            timed = rotation.warmup <= i < rotation.warmup + rotation.n
+            events.append((name, "timed" if timed else "untimed"))
+            time.sleep(seconds)
+
+    return run
+
+
+def test_loops_take_turns_chunk_by_chunk_and_are_timed_only_in_their_turns() -> None:
+    rotation, events = turns.Turns(["a", "b", "c"], warmup=2, n=6, chunk=2, device=CPU), []
+    jobs = {name: _loop(rotation, name, s, events) for name, s in zip("abc", (0.01, 0.03, 0.02))}
+    turns.run_in_turns(rotation, jobs)
+    timed = [name for name, kind in events if kind == "timed"]
+    assert timed == list("aabbccaabbccaabbcc")  # 2 batches a turn, in the rotation's order
+    # After its window each loop waits for all, so its last batch runs after every timed one.
+    assert sorted(events[-3:]) == [("a", "untimed"), ("b", "untimed"), ("c", "untimed")]
+    for name, s in zip("abc", (0.01, 0.03, 0.02)):
+        assert rotation.timing(name)["wall"] == pytest.approx(s, rel=0.3, abs=0.004), name
+
+
+def test_a_loop_that_fails_leaves_the_rotation_and_its_error_is_raised() -> None:
+    rotation, events = turns.Turns(["a", "b"], warmup=2, n=4, chunk=2, device=CPU), []
+    jobs = {"a": _loop(rotation, "a", 0.001, events), "b": _loop(rotation, "b", 0.001, [], True)}
+    with pytest.raises(ValueError, match="b broke"):
+        turns.run_in_turns(rotation, jobs)
+    assert [name for name, kind in events if kind == "timed"] == ["a"] * 4  # a ran alone

@@ -200,6 +200,18 @@ def test_a_failing_wandb_warns_and_training_goes_on(make_cfg, monkeypatch, caplo
     assert OmegaConf.load(csv_dir / "hparams.yaml").model.z_dim == cfg.model.z_dim
 
 
+def test_a_job_without_wandb_leaves_an_open_wandb_run_alone(make_cfg, tmp_path: Path) -> None:
+    import wandb
+
+    own = wandb.init(mode="offline", dir=str(tmp_path), project="notebook")
+    try:
+        train(make_cfg("logger=csv"))
+        assert wandb.run is own  # still open: the job had no W&B logger
+    finally:
+        wandb.finish()
+    assert wandb.run is None
+
+
 def test_wandb_goes_offline_without_a_login(make_cfg, monkeypatch, tmp_path: Path) -> None:
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

@@ -5,20 +5,23 @@ per-batch time is the loop's own: (1) the raw PyTorch loop of the `training` sec
 pytorch/examples step); (2) a bare Lightning module, manual optimization with `toggled_optimizer`,
 no logging, no progress bar (`BareGAN` below); (3) `train(cfg)` stripped as the bench ran it
 before (no progress bar, CSV logs); (4) `train(cfg)` with the user's default config (Rich progress
-bar, W&B offline, default callbacks), only the nets shrunk. Every Lightning row times a window of
-batches after a warm-up with a callback, so start-up is not counted. Each round runs the four:
-the raw and bench-like loops, then the bare module and the user default back to back (which goes
-first alternates), so the ratio that decides the target compares two runs seconds apart on this
-VM whose speed drifts; each figure is a median over rounds. On a GPU the bench runs this at real
+bar, W&B offline, default callbacks), only the nets shrunk. The four run in one process, each
+in its own thread, and take turns every `CHUNK` batches (`bench/turns.py`): on this VM, whose
+speed drifts by +-25% over seconds, runs timed one after another differ by more than the
+overheads compared. Each loop is timed over its window of batches after a warm-up, during its
+turns only; each figure is a median over rounds. On a GPU the bench runs this at real
 sizes too (`gpu_check`), where a step of ~2 ms makes the loop's cost show.
 Run alone: `python -m dcgan_lightning.bench.overhead [--quick]`.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -26,13 +29,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from dcgan_lightning.bench import row
+from dcgan_lightning.bench import row, turns
 from dcgan_lightning.bench.training import (
     BatchTimer,
     Case,
     TiledShapes,
+    as_user,
     case_overrides,
-    framework_timing,
+    framework_config,
     model_overrides,
     quiet,
     raw_timing,
@@ -42,11 +46,17 @@ from dcgan_lightning.models.discriminator import Discriminator
 from dcgan_lightning.models.generator import Generator
 from dcgan_lightning.models.init import dcgan_init
 from dcgan_lightning.models.losses import discriminator_loss, generator_loss
+from dcgan_lightning.train import train
 
 SECTION = "overhead"
-THREADS = 2  # torch threads unless `--threads` says otherwise: the issue's figures used 2
+# Torch threads unless `--threads` says otherwise. Intra-op threads started from a thread other
+# than the main one run these tiny ops ~2.5x slower here (35 against 14 ms a batch at 2 threads:
+# OpenMP's team of a new thread), and the loops take turns in threads; at 1 thread a loop runs
+# there as fast as on the main thread, and its cost is single-threaded Python anyway.
+THREADS = 1
 TINY = Case("tiny nets", "32-true", channels_last=True, image_size=32, batch=16, features=8)
 LOOPS = ("raw", "bare", "bench", "user")
+CHUNK = 10  # batches a turn: the default `log_every_n_steps`, so each turn logs once
 CLOCKS = ("wall", "cpu")
 LABELS = {
     "raw": "raw PyTorch loop",
@@ -101,27 +111,39 @@ class BareGAN(pl.LightningModule):
 def bare_timing(case: Case, device: torch.device, warmup: int, n: int, tmp: Path) -> dict:
     """Wall and CPU seconds per batch of `BareGAN` under a plain Trainer, on the datamodule
     `train` builds (`Window.timing`)."""
-    cfg = compose_train_config(case_overrides(case, device, warmup + n + 1), tmp)
-    datamodule = instantiate(cfg.data)
-    model = BareGAN(cfg.model, datamodule.image_size, datamodule.channels)
-    timer = BatchTimer(warmup, n)
-    trainer = pl.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
-        precision=case.precision,
-        max_epochs=1,
-        limit_train_batches=warmup + n + 1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-        benchmark=device.type == "cuda",
-        default_root_dir=tmp,
-    )
-    trainer.fit(model, datamodule=datamodule)
+    fit, timer = bare_fit(case, device, warmup, n, tmp)
+    fit()
     return timer.window.timing()
+
+
+def bare_fit(
+    case: Case, device: torch.device, warmup: int, n: int, tmp: Path, turn: str | None = None
+) -> tuple[Callable[[], None], BatchTimer]:
+    """`BareGAN`'s fit, composed here (Hydra's compose is not thread-safe), run by the caller."""
+    cfg = compose_train_config(case_overrides(case, device, warmup + n + 1), tmp)
+    timer = BatchTimer(warmup, n, turn=turn)
+
+    def fit() -> None:
+        datamodule = instantiate(cfg.data)
+        model = BareGAN(cfg.model, datamodule.image_size, datamodule.channels)
+        trainer = pl.Trainer(
+            accelerator="gpu" if device.type == "cuda" else "cpu",
+            devices=1,
+            precision=case.precision,
+            max_epochs=1,
+            limit_train_batches=warmup + n + 1,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[timer],
+            benchmark=device.type == "cuda",
+            default_root_dir=tmp,
+        )
+        trainer.fit(model, datamodule=datamodule)
+
+    return fit, timer
 
 
 def window(device: torch.device, quick: bool) -> tuple[int, int, int]:
@@ -133,7 +155,7 @@ def window(device: torch.device, quick: bool) -> tuple[int, int, int]:
 
 
 def round_order(r: int) -> tuple[str, ...]:
-    """The loops of round `r`: bare and user adjacent, last, in turns first."""
+    """The rotation of round `r`: bare and user adjacent, which of them first alternating."""
     pair = ("bare", "user") if r % 2 == 0 else ("user", "bare")
     return ("raw", "bench", *pair) if r % 4 < 2 else ("bench", "raw", *pair)
 
@@ -142,25 +164,35 @@ Times = dict[str, dict[str, list[float]]]  # clock ("wall", "cpu") -> loop -> s/
 
 
 def measure(case: Case, device: torch.device, quick: bool = False) -> Times:
-    """Wall and CPU seconds per batch of each of `LOOPS`, `repeats` each, in `round_order`."""
+    """Wall and CPU seconds per batch of each of `LOOPS`, `repeats` rounds; in each round the
+    four take turns, `CHUNK` batches at a time, in `round_order`."""
     warmup, n, repeats = window(device, quick)
     times: Times = {clock: {loop: [] for loop in LOOPS} for clock in CLOCKS}
-    with tempfile.TemporaryDirectory() as tmp_dir, quiet():
+    with tempfile.TemporaryDirectory() as tmp_dir, quiet(), as_user():
         tmp = Path(tmp_dir)
         images = TiledShapes(num_images=case.batch * (warmup + n + 1), image_size=case.image_size)
         images = images.load_images()
         model_cfg = compose_train_config(model_overrides(case), tmp).model
         for r in range(repeats):
-            for loop in round_order(r):
+            rotation = turns.Turns(round_order(r), warmup, n, CHUNK, device)
+            turns.current = rotation  # the timers join it as they are built
+            jobs = {}  # composed here, in the main thread
+            for loop in rotation.members:
                 run_dir = tmp / f"{r}-{loop}"
                 if loop == "raw":
-                    timing = raw_timing(case, model_cfg, images, device, warmup, n)
+                    args = (case, model_cfg, images, device, warmup, n, rotation.window(loop))
+                    jobs[loop] = functools.partial(raw_timing, *args)
                 elif loop == "bare":
-                    timing = bare_timing(case, device, warmup, n, run_dir)
+                    jobs[loop] = bare_fit(case, device, warmup, n, run_dir, loop)[0]
                 else:
-                    timing = framework_timing(case, device, warmup, n, run_dir, loop == "user")
-                for clock in CLOCKS:
-                    times[clock][loop].append(timing[clock])
+                    cfg = framework_config(case, device, warmup, n, run_dir, loop == "user", loop)
+                    jobs[loop] = functools.partial(train, cfg)
+            try:
+                turns.run_in_turns(rotation, jobs)
+            finally:
+                turns.current = None
+            for loop, clock in itertools.product(LOOPS, CLOCKS):
+                times[clock][loop].append(rotation.timing(loop)[clock])
     return times
 
 

@@ -35,7 +35,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
-from dcgan_lightning.bench import row
+from dcgan_lightning.bench import row, turns
+from dcgan_lightning.bench.turns import TurnWindow, now
 from dcgan_lightning.compose import compose_train_config
 from dcgan_lightning.data.shapes import ShapesDataModule
 from dcgan_lightning.models.discriminator import Discriminator
@@ -119,12 +120,6 @@ def gpu_sized_cases(amp: str) -> list[Case]:
     ]
 
 
-def _now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 class Window:
     """Times batches [warmup, warmup + n) start to start: all the loop does for them (loading, the
     step, logging, callbacks). The device is synchronised at the window's two ends only, so the
@@ -143,9 +138,9 @@ class Window:
     def mark(self, batch_idx: int, device: torch.device) -> None:
         """Call at the start of every batch."""
         if batch_idx == self.warmup:
-            self.start = (_now(device), time.process_time())
+            self.start = (now(device), time.process_time())
         elif batch_idx == self.warmup + self.n:
-            self.end = (_now(device), time.process_time())
+            self.end = (now(device), time.process_time())
 
     def _per_batch(self, clock: int) -> float:
         if self.start is None or self.end is None:
@@ -169,8 +164,12 @@ class BatchTimer(Callback):
     """A `Window` as a callback; rank 0 writes its `timing()` to `out` (JSON), as a run built by
     `train(cfg)` is out of reach once it ends."""
 
-    def __init__(self, warmup: int, n: int, out: str | None = None) -> None:
-        self.window, self.out = Window(warmup, n), out
+    def __init__(
+        self, warmup: int, n: int, out: str | None = None, turn: str | None = None
+    ) -> None:
+        # `turn`: time as that loop of the rotation `turns.current` (see bench/turns.py).
+        self.window = turns.current.window(turn) if turn else Window(warmup, n)
+        self.out = out
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, batch_idx: int
@@ -240,13 +239,14 @@ def as_user() -> Iterator[None]:
                 os.environ[k] = v
 
 
-def timer_overrides(warmup: int, n: int, out: Path) -> list[str]:
+def timer_overrides(warmup: int, n: int, out: Path, turn: str | None = None) -> list[str]:
     """Add a `BatchTimer` to a composed run's callbacks."""
     return [
         f"+callbacks.timer._target_={BatchTimer.__module__}.BatchTimer",
         f"+callbacks.timer.warmup={warmup}",
         f"+callbacks.timer.n={n}",
         f"+callbacks.timer.out={out}",
+        *([f"+callbacks.timer.turn={turn}"] if turn else []),
     ]
 
 
@@ -256,14 +256,29 @@ def framework_timing(
     """`train(cfg)`, the path `python -m dcgan_lightning` takes, with the user's default config
     (`user`) or stripped as the bench ran it before (`BENCH_LIKE`): its wall and CPU seconds per
     batch (`Window.timing`)."""
-    out = tmp / "seconds.json"
-    overrides = [*case_overrides(case, device, warmup + n + 1), *timer_overrides(warmup, n, out)]
+    cfg = framework_config(case, device, warmup, n, tmp, user)
     if user:
         with as_user():
-            train(compose_train_config(overrides, tmp / "run"))
+            train(cfg)
     else:
-        train(compose_train_config([*overrides, *BENCH_LIKE], tmp / "run"))
-    return json.loads(out.read_text())
+        train(cfg)
+    return json.loads(Path(cfg.callbacks.timer.out).read_text())
+
+
+def framework_config(
+    case: Case,
+    device: torch.device,
+    warmup: int,
+    n: int,
+    tmp: Path,
+    user: bool = True,
+    turn: str | None = None,
+) -> DictConfig:
+    """The config `framework_timing` runs, its timer writing to `tmp/seconds.json`."""
+    out = tmp / "seconds.json"
+    timer = timer_overrides(warmup, n, out, turn)
+    overrides = [*case_overrides(case, device, warmup + n + 1), *timer]
+    return compose_train_config([*overrides, *([] if user else BENCH_LIKE)], tmp / "run")
 
 
 def raw_timing(
@@ -273,9 +288,10 @@ def raw_timing(
     device: torch.device,
     warmup: int,
     n: int,
+    window: Window | TurnWindow | None = None,
 ) -> dict[str, float]:
     """A plain PyTorch loop (the pytorch/examples recipe): its wall and CPU seconds per batch
-    (`Window.timing`)."""
+    (`Window.timing`), timed by `window` if given."""
     G = Generator(model_cfg.z_dim, case.image_size, images.size(1), **model_cfg.generator)
     D = Discriminator(case.image_size, images.size(1), **model_cfg.discriminator)
     G.apply(dcgan_init), D.apply(dcgan_init)
@@ -289,7 +305,8 @@ def raw_timing(
     autocast = torch.autocast(device.type, dtype, enabled=case.precision != "32-true")
     scaler = torch.amp.GradScaler(device.type, enabled=case.precision == "16-mixed")
     # The set on the device once, as `data.on_device=auto` holds small sets: the loop's cost only.
-    images, window, logged, batch = images.to(device), Window(warmup, n), [], case.batch
+    window = window or Window(warmup, n)
+    images, logged, batch = images.to(device), [], case.batch
     order = torch.randperm(len(images), device=device)
     for i in range(warmup + n + 1):
         window.mark(i, device)
