@@ -1,10 +1,11 @@
 """What each model option costs per batch against `model=dcgan`, through `train(cfg)`.
 
 At the small-data scale (32 px, batch 32, the embedded shapes, the device's default precision and
-memory format): the preset for small sets, the preset with adaptive augmentation, and the
-conditional model with each way G takes the class. Runs alternate in a rotating order, each
-timed over a window after a warm-up; a figure is a median over rounds, its ratio the median of
-each round's ratio to that round's `model=dcgan` (the machine's speed drifts between rounds).
+memory format): the preset for small sets, the preset with adaptive augmentation, the plain DCGAN
+with DiffAugment under ADA (the small-data study's `dcgan_ada`), and the conditional model with
+each way G takes the class. Runs alternate in a rotating order, each timed over a window after a
+warm-up; a figure is a median over rounds, its ratio the median of each round's ratio to that
+round's `model=dcgan` (the machine's speed drifts between rounds).
 Run alone: `python -m dcgan_lightning.bench.models [--quick]`.
 """
 
@@ -26,11 +27,14 @@ from dcgan_lightning.train import train
 SECTION = "models"
 IMAGE_SIZE, BATCH = 32, 32
 ADA = "model.ada={target:0.6,interval:4,kimg:50}"
+DIFFAUGMENT = "model.diffaugment=[color,translation,cutout]"
 LABELLED = ["model=cdcgan", "data.labels=true"]
 MODELS = {
     "model=dcgan": ["model=dcgan"],
     "model=dcgan_plus": ["model=dcgan_plus"],
     f"model=dcgan_plus {ADA}": ["model=dcgan_plus", ADA],
+    # The small-data study's `dcgan_ada` arm: the plain DCGAN with DiffAugment under ADA.
+    f"model=dcgan + DiffAugment under {ADA}": ["model=dcgan", DIFFAUGMENT, ADA],
     "model=cdcgan (conditional BatchNorm)": [*LABELLED, "model.conditional.generator=cbn"],
     "model=cdcgan (embedding concatenated to z)": [
         *LABELLED,
