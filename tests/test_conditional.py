@@ -454,8 +454,9 @@ def test_the_shape_measure_names_the_shapes_of_real_images() -> None:
 
 @pytest.mark.slow
 def test_a_conditional_shapes_run_draws_triangles_where_asked(tmp_path: Path) -> None:
-    """1,920 batches (94 s on a quiet 2-core CPU): by then the triangle row is triangles and the
-    other rows are not; circles and squares both come out as rounded squares (not told apart)."""
+    """1,920 batches of features-16 nets (118 s on a quiet 2-core CPU; features 32 took 200 s):
+    by then the triangle row is triangles and the other rows are not; circles and squares both
+    come out as rounded squares (not told apart)."""
     cfg = compose_config(
         [
             "model=cdcgan",
@@ -464,8 +465,8 @@ def test_a_conditional_shapes_run_draws_triangles_where_asked(tmp_path: Path) ->
             "data.num_images=1024",
             "data.batch_size=32",
             "trainer.max_epochs=60",
-            "model.generator.features=32",
-            "model.discriminator.features=32",
+            "model.generator.features=16",
+            "model.discriminator.features=16",
             "model.optimizer_g.lr=5e-4",
             "metrics=none",
             "logger=csv",
@@ -481,10 +482,10 @@ def test_a_conditional_shapes_run_draws_triangles_where_asked(tmp_path: Path) ->
         name: ((g(z, torch.full((64,), c)) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
         for c, name in enumerate(SHAPES)
     }
-    # Seen: 91% of label=triangle samples measure as triangles, 30% and 38% of the circles' and
+    # Seen: 89% of label=triangle samples measure as triangles, 36% and 28% of the circles' and
     # squares' (a blurred corner makes a blob measure low).
     triangles = {name: fraction_drawn_as(images, "triangle") for name, images in drawn.items()}
     assert triangles["triangle"] > 0.7
     assert triangles["triangle"] > max(triangles["circle"], triangles["square"]) + 0.3
     fill = {name: float(fill_ratio(images).median()) for name, images in drawn.items()}
-    assert fill["triangle"] < min(fill["circle"], fill["square"]) - 0.1  # seen: 0.52 vs 0.70
+    assert fill["triangle"] < min(fill["circle"], fill["square"]) - 0.1  # seen: 0.51 vs 0.69
