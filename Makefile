@@ -21,9 +21,9 @@ install: $(VENV)/.installed ## Create .venv and install the package with its dev
 train: $(VENV)/.installed ## Train the default DCGAN on the embedded shapes dataset (ARGS="key=value ...")
 	$(PY) -m dcgan_lightning $(ARGS)
 
-test: $(VENV)/.installed ## Run the whole test suite (lint first)
+test: $(VENV)/.installed ## Run the whole test suite (lint first; the 15 slowest tests listed)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest --durations=15 $(ARGS)
 
 test-fast: $(VENV)/.installed ## Run the tests not marked slow
 	$(PY) -m pytest -m "not slow" $(ARGS)

@@ -75,26 +75,56 @@ def test_r_v_sees_images_through_the_models_diffaugment(make_cfg) -> None:
     assert result["d_train"] < 1.0  # a square of every image was cut out before D saw it
 
 
-def test_digits_are_written_as_a_train_and_a_held_out_folder(tmp_path, monkeypatch) -> None:
-    images = np.arange(12 * 64).reshape(12, 8, 8) % 17.0  # ink levels 0..16, as scikit-learn's
+def fake_digits(monkeypatch, images: np.ndarray) -> None:
+    """scikit-learn's `load_digits` returning `images`, without scikit-learn."""
     datasets = types.ModuleType("sklearn.datasets")
     datasets.load_digits = lambda: types.SimpleNamespace(images=images)
     monkeypatch.setitem(sys.modules, "sklearn", types.ModuleType("sklearn"))
     monkeypatch.setitem(sys.modules, "sklearn.datasets", datasets)
 
+
+def pngs(folder) -> list[np.ndarray]:
+    return [np.asarray(Image.open(p)) for p in sorted(folder.iterdir())]
+
+
+def test_digits_are_written_as_a_train_and_a_held_out_folder(tmp_path, monkeypatch) -> None:
+    images = np.arange(12 * 64).reshape(12, 8, 8) % 17.0  # ink levels 0..16, as scikit-learn's
+    fake_digits(monkeypatch, images)
+
     overrides, heldout = small_data.digits(tmp_path, 5)
     assert sorted(p.name for p in (tmp_path / "train").iterdir())[:2] == ["0000.png", "0001.png"]
-    assert len(list((tmp_path / "train").iterdir())) == len(list((tmp_path / "heldout").iterdir()))
+    train, held_out = pngs(tmp_path / "train"), pngs(tmp_path / "heldout")
+    assert len(train) == len(held_out) == 5
     with Image.open(tmp_path / "heldout" / "0000.png") as first_heldout:
         assert first_heldout.mode == "L"
-        expected = np.round(images[5] * 255 / 16).astype(np.uint8)
-        assert np.array_equal(np.asarray(first_heldout), expected)
+    written = [np.round(image * 255 / 16).astype(np.uint8) for image in images]
+    index = [next(i for i, w in enumerate(written) if np.array_equal(w, png)) for png in train]
+    index_held_out = [
+        next(i for i, w in enumerate(written) if np.array_equal(w, png)) for png in held_out
+    ]
+    assert len(set(index) | set(index_held_out)) == 10  # 10 distinct digits, none in both
     assert overrides[:2] == ["data=image_folder", "data.channels=1"]
     assert heldout == {"root": str(tmp_path / "heldout")}
+    small_data.digits(tmp_path, 5)  # the same split on every run
+    assert all(np.array_equal(a, b) for a, b in zip(train, pngs(tmp_path / "train")))
     with pytest.raises(SystemExit, match="--images must be <= 6"):
         small_data.digits(tmp_path, 7)
     small_data.digits(tmp_path, 3)  # a smaller rerun into the same folder trains on 3, not 5
     assert len(list((tmp_path / "train").iterdir())) == 3
+
+
+def test_digits_train_and_held_out_come_from_every_writer(tmp_path, monkeypatch) -> None:
+    """scikit-learn's digits run writer by writer (the first 300 and the next 300 differ: their
+    mean images lie 3x farther apart than two random 300s'). Held-out digits of other writers
+    than the training ones would look fake to a D that never memorised anything: r_v would read
+    high for no memorisation. So both splits are drawn from the whole set."""
+    writers = np.repeat(np.arange(4), 50)  # 4 writers of 50 digits, one after another
+    images = np.broadcast_to(writers[:, None, None] * 4.0, (200, 8, 8)).copy()
+    fake_digits(monkeypatch, images)
+    small_data.digits(tmp_path, 100)
+    for split in ("train", "heldout"):
+        per_writer = np.bincount([round(png[0, 0] / 63.75) for png in pngs(tmp_path / split)])
+        assert len(per_writer) == 4 and per_writer.min() >= 15, (split, per_writer)
 
 
 def test_digits_without_scikit_learn_say_what_to_install(tmp_path, monkeypatch) -> None:
