@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
@@ -16,6 +18,8 @@ from dcgan_lightning.compose import compose_train_config
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+multiprocessing.set_forkserver_preload(["dcgan_lightning.train"])  # see rank_start_method
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -26,6 +30,28 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     with open_dict(cfg):
         cfg.paths.data_dir = str(output_dir / "data")
     return cfg
+
+
+def rank_start_method() -> str:
+    """How tests that need no bitwise-exact run start DDP ranks. A spawned rank imports torch
+    and Lightning again (~15 s of CPU on a 2-core machine); `forkserver` forks each from one
+    server process that imported them once (see set_forkserver_preload above) and never ran a
+    kernel. Plain `fork` would hang: a child's first OpenMP region deadlocks once this process has
+    used OpenMP. Lightning hands its ranks this process's seeded RNGs and determinism flags only
+    when it spawns them, so runs compared bitwise (tests/test_ddp.py, test_ranks.py,
+    test_device_data.py) keep spawn, the CLI's path. Lightning refuses to fork once CUDA is
+    initialised here (a GPU test ran first): spawn then."""
+    return "spawn" if torch.cuda.is_initialized() else "forkserver"
+
+
+def fast_ranks() -> str:
+    """The override that starts `trainer=ddp_sim`'s ranks with `rank_start_method()`."""
+    return f"trainer.strategy.start_method={rank_start_method()}"
+
+
+def start_ranks(fn: Callable[..., None], *args: object, nprocs: int = 2) -> None:
+    """`torch.multiprocessing.spawn(fn, args, nprocs)` with `rank_start_method()`."""
+    mp.start_processes(fn, args=args, nprocs=nprocs, start_method=rank_start_method())
 
 
 def tiny(cfg: DictConfig) -> DictConfig:

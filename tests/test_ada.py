@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 from dcgan_lightning.models.ada import AdaptiveAugment
 from dcgan_lightning.models.diffaugment import DiffAugment
-from tests.conftest import requires_cuda
+from tests.conftest import requires_cuda, start_ranks
 
 POLICY = ["color", "translation", "cutout"]
 
@@ -229,7 +228,7 @@ def rank_worker(rank: int, world: int, port: int, tmp: str) -> None:
 def test_two_ranks_agree_on_p_from_the_pooled_r_t(tmp_path: Path) -> None:
     from tests.test_metrics import free_port  # here: spawned ranks need not import its imports
 
-    mp.spawn(rank_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    start_ranks(rank_worker, 2, free_port(), str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     step = 8 * 2 * 2 / 100
     expected = [0.0, step, step, 0.0]  # up on the pooled 0.75, down on the pooled 0.25

@@ -33,7 +33,7 @@ from dcgan_lightning.models.class_labels import ClassLabels
 from dcgan_lightning.models.conditional import ProjectionDiscriminator
 from dcgan_lightning.models.gan_module import GAN
 from dcgan_lightning.train import train
-from tests.conftest import compose_config, tiny
+from tests.conftest import compose_config, fast_ranks, tiny
 from tests.test_data import write_celeba, write_idx, write_images
 
 RED, BLUE = (230, 20, 20), (20, 20, 230)
@@ -332,7 +332,7 @@ def test_d_and_g_steps_change_only_their_own_net(make_cfg) -> None:
 
 @pytest.mark.slow
 def test_two_rank_conditional_run_stays_in_sync(tmp_path: Path) -> None:
-    cfg = tiny(compose_config(["trainer=ddp_sim", "model=cdcgan", "data.labels=true",
+    cfg = tiny(compose_config(["trainer=ddp_sim", fast_ranks(), "model=cdcgan", "data.labels=true",
                                "logger=csv", "metrics=none"], tmp_path / "run"))  # fmt: skip
     with open_dict(cfg):
         cfg.callbacks.record = {"_target_": "tests.test_ddp.RecordRank", "dirpath": str(tmp_path)}

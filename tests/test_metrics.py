@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from hydra.errors import InstantiationException
@@ -38,7 +37,7 @@ from dcgan_lightning.metrics.swd import (
     pyramid_resolutions,
 )
 from dcgan_lightning.train import train
-from tests.conftest import compose_config, requires_cuda, tiny
+from tests.conftest import compose_config, fast_ranks, requires_cuda, start_ranks, tiny
 
 
 def shapes(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -167,7 +166,7 @@ def ddp_worker(rank: int, world: int, port: int, tmp: str) -> None:
 def test_two_processes_give_the_single_process_values(tmp_path: Path) -> None:
     real, fake = shapes(101), shapes(99, seed=1)  # odd counts: uneven shares per rank
     torch.save({"real": real, "fake": fake}, tmp_path / "images.pt")
-    mp.spawn(ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    start_ranks(ddp_worker, 2, free_port(), str(tmp_path))
     two = torch.load(tmp_path / "out.pt")
 
     single = tiny_evaluator(**DDP_SETTINGS)
@@ -339,7 +338,7 @@ def test_ddp_run_caches_the_real_features_a_single_process_computes(
     make_cfg, tiny_inception: TinyExtractor, tmp_path: Path
 ) -> None:
     weights = f"metrics.feature_extractor_weights_path={tmp_path / 'weights.pth'}"
-    cfg = make_cfg(*metric_overrides(tmp_path, weights), "trainer=ddp_sim")
+    cfg = make_cfg(*metric_overrides(tmp_path, weights), "trainer=ddp_sim", fast_ranks())
     cfg.metrics.num_samples = 33  # after tiny(), which sets 32
     metrics = train(cfg)  # 2 gloo processes; an odd sample count: uneven shares
     assert {"val/fid", "val/kid", "val/swd"} <= set(metrics)

@@ -23,7 +23,7 @@ from dcgan_lightning.callbacks.quality import QualityMetrics
 from dcgan_lightning.data.shapes import SHAPES
 from dcgan_lightning.metrics import inception
 from dcgan_lightning.train import train
-from tests.conftest import REPO
+from tests.conftest import REPO, fast_ranks
 from tests.test_metrics import TinyExtractor, metric_overrides
 
 TIMEOUT_S = 240  # a healthy run takes well under a minute on a busy 2-core CPU
@@ -99,6 +99,7 @@ def ddp_cfg(make_cfg, tmp_path: Path, hide: str, trainer: str = "ddp_sim", *extr
     cfg = make_cfg(
         *metric_overrides(tmp_path, f"metrics.feature_extractor_weights_path={weights}"),
         f"trainer={trainer}",
+        *([fast_ranks()] if trainer == "ddp_sim" else []),
         *extra,
     )
     with open_dict(cfg):
