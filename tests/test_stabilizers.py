@@ -9,6 +9,7 @@ from torch import nn
 
 from dcgan_lightning.models.diffaugment import DiffAugment
 from dcgan_lightning.models.discriminator import Discriminator
+from dcgan_lightning.models.ema import EMA
 from dcgan_lightning.models.init import dcgan_init
 
 
@@ -105,6 +106,33 @@ def test_ema_tracks_the_generator_exactly_before_its_start_step(make_cfg) -> Non
         model._update_ema()
     for p_ema, p in zip(model.ema_generator.module.parameters(), model.generator.parameters()):
         assert torch.equal(p_ema, p)
+
+
+def test_ema_rampup_holds_a_horizon_of_rampup_times_the_updates_then_decay() -> None:
+    g = nn.Linear(1, 1, bias=False)
+    ema = EMA(g, decay=0.9, rampup=0.25)  # horizon 0.25 x n, at most 1 / (1 - 0.9) = 10
+    decays, weights = [], []
+    for step in range(60):
+        with torch.no_grad():
+            g.weight.fill_(float(step))
+        decays.append(ema.current_decay())
+        ema.update(g, step)
+        weights.append(ema.module.weight.item())
+    assert decays[:4] == [0.0] * 4 and weights[:4] == [0.0, 1.0, 2.0, 3.0]  # 0.25 x n <= 1: copies
+    assert decays[7] == pytest.approx(0.5)  # 8th update: a horizon of 2
+    assert weights[7] == pytest.approx(0.5 * weights[6] + 0.5 * 7.0)
+    assert decays[39:] == [pytest.approx(0.9)] * 21  # from 40 updates on: the configured decay
+    assert weights[-1] == pytest.approx(0.9 * weights[-2] + 0.1 * 59.0)
+    # Resumed, the count goes on where it was: the next decay is the one the run would have used.
+    resumed = EMA(g, decay=0.9, rampup=0.25)
+    mid = EMA(g, decay=0.9, rampup=0.25)
+    for step in range(6):
+        mid.update(g, step)
+    resumed.load_state_dict(mid.state_dict())
+    assert resumed.current_decay() == pytest.approx(decays[6])
+    assert EMA(g, decay=0.9).current_decay() == 0.9  # no rampup: the decay from the first update
+    with pytest.raises(ValueError, match="rampup"):
+        EMA(g, decay=0.9, rampup=0)
 
 
 def test_ema_is_saved_in_checkpoints(make_cfg) -> None:

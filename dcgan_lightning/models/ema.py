@@ -9,6 +9,7 @@ dict keeps AveragedModel's keys (`module.*`, `n_averaged`): older checkpoints st
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,24 +20,42 @@ class EMA(nn.Module):
 
     BatchNorm statistics are copied, not averaged: averaged ones lag ~1/(1-decay) steps behind the
     weights, and the EMA generator draws flat grey images until they catch up.
+
+    `rampup` (StyleGAN2-ADA's ema_rampup, 0.05 there): the average's horizon, 1/(1 - decay)
+    updates, is at most `rampup` x the updates so far, so that early in a run, when G improves
+    fastest, the average does not hold on to the much worse G of 1/(1 - decay) steps ago.
     """
 
-    def __init__(self, source: nn.Module, decay: float, start_step: int = 0) -> None:
+    def __init__(
+        self, source: nn.Module, decay: float, start_step: int = 0, rampup: float | None = None
+    ) -> None:
         super().__init__()
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"model.ema.decay must be in [0, 1), got {decay}")
-        self.decay, self.start_step = decay, start_step
+        if rampup is not None and rampup <= 0:
+            raise ValueError(f"model.ema.rampup (horizon / updates) must be > 0, got {rampup}")
+        self.decay, self.start_step, self.rampup = decay, start_step, rampup
         self.module = copy.deepcopy(source).requires_grad_(False)
         self.register_buffer("n_averaged", torch.tensor(0, dtype=torch.long))
+        self._updates = 0  # the host copy of n_averaged: the decay is chosen without a sync
+        self.register_load_state_dict_post_hook(_sync_update_count)
+
+    def current_decay(self) -> float:
+        """The decay of the next update: `decay`, or less while `rampup` x updates is shorter."""
+        if self.rampup is None:
+            return self.decay
+        return min(self.decay, max(0.0, 1.0 - 1.0 / (self.rampup * (self._updates + 1))))
 
     @torch.no_grad()
     def update(self, source: nn.Module, global_step: int) -> None:
         mine = list(self.module.parameters())
         theirs = [p.detach() for p in source.parameters()]
-        if global_step < self.start_step or self.decay == 0.0:
+        decay = self.current_decay()
+        self._updates += 1
+        if global_step < self.start_step or decay == 0.0:
             torch._foreach_copy_(mine, theirs)
         else:
-            torch._foreach_lerp_(mine, theirs, 1.0 - self.decay)
+            torch._foreach_lerp_(mine, theirs, 1.0 - decay)
         buffers = list(self.module.buffers())
         if buffers:
             torch._foreach_copy_(buffers, list(source.buffers()))
@@ -44,3 +63,8 @@ class EMA(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
+
+
+def _sync_update_count(module: EMA, incompatible_keys: Any) -> None:
+    """After loading a state dict (resume): the host copy of the update counter (one read)."""
+    module._updates = int(module.n_averaged)

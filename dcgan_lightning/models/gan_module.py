@@ -91,7 +91,7 @@ class GAN(LightningModule):
         self.generator.apply(dcgan_init)
         self.discriminator.apply(dcgan_init)
         self.augment = AdaptiveAugment(diffaugment, **ada) if ada else DiffAugment(diffaugment)
-        self.ema_generator = EMA(self.generator, ema["decay"], ema["start_step"]) if ema else None
+        self.ema_generator = EMA(self.generator, **ema) if ema else None
         # Same on every rank and saved in checkpoints, so sample grids are comparable across epochs.
         fixed = self.sample_noise(num_fixed_samples, torch.Generator().manual_seed(0))
         if self.labels is not None:  # a row per class: the same z in every row

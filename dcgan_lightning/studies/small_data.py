@@ -64,6 +64,13 @@ ARMS = {
         "model.ada={target:0.6,interval:4,kimg:50}",
         "model.ema={decay:0.99,start_step:0}",
     ],
+    # ...with the EMA's horizon at most 5% of the run so far (StyleGAN2-ADA's ema_rampup).
+    "dcgan_ada_ema_rampup": [
+        "model=dcgan",
+        "model.diffaugment=[color,translation,cutout]",
+        "model.ada={target:0.6,interval:4,kimg:50}",
+        "model.ema={decay:0.99,start_step:0,rampup:0.05}",
+    ],
 }
 METRICS = ("val/swd", "val/fid", "val/kid", "val/nn_ratio")  # those every arm logged are shown
 LOWER_IS_BETTER = {"val/swd", "val/fid", "val/kid"}
