@@ -135,6 +135,13 @@ def test_ema_rampup_holds_a_horizon_of_rampup_times_the_updates_then_decay() -> 
         EMA(g, decay=0.9, rampup=0)
 
 
+def test_ema_rampup_comes_from_the_model_config(make_cfg) -> None:
+    cfg = make_cfg("+model.ema={decay:0.99,start_step:0,rampup:0.05}")
+    model = instantiate(cfg.model, image_size=cfg.data.image_size, channels=cfg.data.channels)
+    assert (model.ema_generator.decay, model.ema_generator.rampup) == (0.99, 0.05)
+    assert model.ema_generator.current_decay() == 0.0  # the first 20 updates copy G
+
+
 def test_ema_is_saved_in_checkpoints(make_cfg) -> None:
     from pathlib import Path
 

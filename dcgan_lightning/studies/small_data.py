@@ -12,8 +12,9 @@ available; mean ± standard deviation over seeds), one of how far each discrimin
 its training set (r_v, against as many held-out images), and writes `curves.png` and `samples.png`
 (the last grids of the first seed side by side).
 
-`--data digits` uses the first images of scikit-learn's 1,797 handwritten digits, a real small
-set that needs no download (`pip install scikit-learn`). Pass more overrides after `--` (e.g.
+`--data digits` trains on `--images` of scikit-learn's 1,797 handwritten digits and holds out as
+many others, both drawn from the whole set: a real small set that needs no download
+(`pip install scikit-learn`). Pass more overrides after `--` (e.g.
 `-- data=image_folder data.root=PATH` for a folder of your own: no r_v then, as nothing of it is
 held out).
 """
