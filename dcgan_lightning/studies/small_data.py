@@ -39,6 +39,11 @@ from PIL import Image, ImageDraw
 from dcgan_lightning.models.gan_module import GAN
 from dcgan_lightning.studies.overfitting import discriminator_overfitting
 
+DCGAN_ADA = [
+    "model=dcgan",
+    "model.diffaugment=[color,translation,cutout]",
+    "model.ada={target:0.6,interval:4,kimg:50}",
+]
 # The two arms of the study, then leave-one-out ablations of the preset.
 ARMS = {
     "dcgan": ["model=dcgan"],
@@ -53,25 +58,11 @@ ARMS = {
     # The preset with adaptive augmentation: DiffAugment only as far as D overfits (ADA).
     "plus_ada": ["model=dcgan_plus", "model.ada={target:0.6,interval:4,kimg:50}"],
     # The plain DCGAN with DiffAugment under ADA only: until D overfits, the plain DCGAN itself.
-    "dcgan_ada": [
-        "model=dcgan",
-        "model.diffaugment=[color,translation,cutout]",
-        "model.ada={target:0.6,interval:4,kimg:50}",
-    ],
+    "dcgan_ada": DCGAN_ADA,
     # The same with the preset's EMA generator for samples and metrics.
-    "dcgan_ada_ema": [
-        "model=dcgan",
-        "model.diffaugment=[color,translation,cutout]",
-        "model.ada={target:0.6,interval:4,kimg:50}",
-        "model.ema={decay:0.99,start_step:0}",
-    ],
+    "dcgan_ada_ema": [*DCGAN_ADA, "model.ema={decay:0.99,start_step:0}"],
     # ...with the EMA's horizon at most 5% of the run so far (StyleGAN2-ADA's ema_rampup).
-    "dcgan_ada_ema_rampup": [
-        "model=dcgan",
-        "model.diffaugment=[color,translation,cutout]",
-        "model.ada={target:0.6,interval:4,kimg:50}",
-        "model.ema={decay:0.99,start_step:0,rampup:0.05}",
-    ],
+    "dcgan_ada_ema_rampup": [*DCGAN_ADA, "model.ema={decay:0.99,start_step:0,rampup:0.05}"],
 }
 METRICS = ("val/swd", "val/fid", "val/kid", "val/nn_ratio")  # those every arm logged are shown
 LOWER_IS_BETTER = {"val/swd", "val/fid", "val/kid"}
