@@ -223,3 +223,19 @@ def test_a_loop_that_fails_leaves_the_rotation_and_its_error_is_raised() -> None
     with pytest.raises(ValueError, match="b broke"):
         turns.run_in_turns(rotation, jobs)
     assert [name for name, kind in events if kind == "timed"] == ["a"] * 4  # a ran alone
+
+
+def test_every_models_row_composes_to_the_options_it_names(tmp_path: Path) -> None:
+    from dcgan_lightning.bench import models
+    from dcgan_lightning.compose import compose_train_config
+
+    cfgs = {
+        name: compose_train_config(models.overrides(extra, CPU, 4), tmp_path / str(i)).model
+        for i, (name, extra) in enumerate(models.MODELS.items())
+    }
+    plain = cfgs["model=dcgan"]
+    assert plain.ada is None and plain.ema is None and list(plain.diffaugment) == []
+    rampup = next(cfg for name, cfg in cfgs.items() if "rampup" in name)
+    assert list(rampup.diffaugment) == ["color", "translation", "cutout"]
+    assert (rampup.ada.target, rampup.ema.decay, rampup.ema.rampup) == (0.6, 0.99, 0.05)
+    assert rampup.loss == plain.loss == "bce" and not rampup.discriminator.spectral_norm

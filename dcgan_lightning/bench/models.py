@@ -2,7 +2,8 @@
 
 At the small-data scale (32 px, batch 32, the embedded shapes, the device's default precision and
 memory format): the preset for small sets, the preset with adaptive augmentation, the plain DCGAN
-with DiffAugment under ADA (the small-data study's `dcgan_ada`), and the conditional model with
+with DiffAugment under ADA (the small-data study's `dcgan_ada`), the same with an EMA generator
+whose horizon ramps up (`dcgan_ada_ema_rampup`), and the conditional model with
 each way G takes the class. Runs alternate in a rotating order, each timed over a window after a
 warm-up; a figure is a median over rounds, its ratio the median of each round's ratio to that
 round's `model=dcgan` (the machine's speed drifts between rounds).
@@ -28,6 +29,7 @@ SECTION = "models"
 IMAGE_SIZE, BATCH = 32, 32
 ADA = "model.ada={target:0.6,interval:4,kimg:50}"
 DIFFAUGMENT = "model.diffaugment=[color,translation,cutout]"
+EMA_RAMPUP = "model.ema={decay:0.99,start_step:0,rampup:0.05}"
 LABELLED = ["model=cdcgan", "data.labels=true"]
 MODELS = {
     "model=dcgan": ["model=dcgan"],
@@ -35,6 +37,13 @@ MODELS = {
     f"model=dcgan_plus {ADA}": ["model=dcgan_plus", ADA],
     # The small-data study's `dcgan_ada` arm: the plain DCGAN with DiffAugment under ADA.
     f"model=dcgan + DiffAugment under {ADA}": ["model=dcgan", DIFFAUGMENT, ADA],
+    # ...with an EMA generator whose horizon ramps up (the study's `dcgan_ada_ema_rampup`).
+    f"model=dcgan + DiffAugment under ADA + {EMA_RAMPUP}": [
+        "model=dcgan",
+        DIFFAUGMENT,
+        ADA,
+        EMA_RAMPUP,
+    ],
     "model=cdcgan (conditional BatchNorm)": [*LABELLED, "model.conditional.generator=cbn"],
     "model=cdcgan (embedding concatenated to z)": [
         *LABELLED,
