@@ -182,9 +182,11 @@ def test_a_section_runs_with_its_threads_unless_told_otherwise(
     monkeypatch.setitem(sys.modules, fake.__name__, fake)
     monkeypatch.setattr(bench_main, "sections", lambda: ["fake"])
     before = torch.get_num_threads()
+    other = before + 1  # neither the section's THREADS nor the count before
     assert bench_main.main(["--only", "fake"]) == 0
-    assert bench_main.main(["--only", "fake", "--threads", "2"]) == 0
-    assert seen == [1, 2]
+    assert torch.get_num_threads() == before
+    assert bench_main.main(["--only", "fake", "--threads", str(other)]) == 0
+    assert seen == [1, other]
     assert torch.get_num_threads() == before
     assert "| section | case |" in capsys.readouterr().out
 

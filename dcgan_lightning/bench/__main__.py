@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, help="torch threads (1: steadier figures on a busy machine)"
     )
     args = parser.parse_args(argv)
-    threads = args.threads or torch.get_num_threads()
+    before = torch.get_num_threads()
+    threads = args.threads or before
 
     rows, failed, load = [], [], os.getloadavg()[0]
     for name in args.only or sections():
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             failed.append(name)
         finally:
-            torch.set_num_threads(threads)
+            torch.set_num_threads(before)
         print(f"[bench] {name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     load = f"load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     print(f"\nMachine: {machine()}; {load}\n")
