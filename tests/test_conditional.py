@@ -454,9 +454,10 @@ def test_the_shape_measure_names_the_shapes_of_real_images() -> None:
 
 @pytest.mark.slow
 def test_a_conditional_shapes_run_draws_triangles_where_asked(tmp_path: Path) -> None:
-    """1,920 batches of features-16 nets (118 s on a quiet 2-core CPU; features 32 took 200 s):
-    by then the triangle row is triangles and the other rows are not; circles and squares both
-    come out as rounded squares (not told apart)."""
+    """1,920 batches of features-24 nets (54-72 s on a 2-core CPU with bf16): by then the triangle
+    row is triangles and the other rows are not; circles and squares both come out as rounded
+    squares (not told apart). Features 16 drew 64% triangles with 2 threads and bf16, 78% with 1:
+    too close to chance to test."""
     cfg = compose_config(
         [
             "model=cdcgan",
@@ -465,8 +466,8 @@ def test_a_conditional_shapes_run_draws_triangles_where_asked(tmp_path: Path) ->
             "data.num_images=1024",
             "data.batch_size=32",
             "trainer.max_epochs=60",
-            "model.generator.features=16",
-            "model.discriminator.features=16",
+            "model.generator.features=24",
+            "model.discriminator.features=24",
             "model.optimizer_g.lr=5e-4",
             "metrics=none",
             "logger=csv",
@@ -477,15 +478,16 @@ def test_a_conditional_shapes_run_draws_triangles_where_asked(tmp_path: Path) ->
     )
     train(cfg)
     g = load_generator(tmp_path / "run" / "checkpoints" / "last.ckpt")
-    z = g.sample_noise(64, torch.Generator().manual_seed(0))
+    z = g.sample_noise(256, torch.Generator().manual_seed(0))
     drawn = {
-        name: ((g(z, torch.full((64,), c)) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        name: ((g(z, torch.full((256,), c)) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
         for c, name in enumerate(SHAPES)
     }
-    # Seen: 89% of label=triangle samples measure as triangles, 36% and 28% of the circles' and
-    # squares' (a blurred corner makes a blob measure low).
+    # Seen over 1 and 2 threads, bf16 and fp32, seeds 42 and 1: 79-89% of label=triangle samples
+    # measure as triangles, 29-47 points more than the circles' or squares' (a blurred corner
+    # makes a blob measure low), and their median fill is 0.12-0.17 lower.
     triangles = {name: fraction_drawn_as(images, "triangle") for name, images in drawn.items()}
     assert triangles["triangle"] > 0.7
-    assert triangles["triangle"] > max(triangles["circle"], triangles["square"]) + 0.3
+    assert triangles["triangle"] > max(triangles["circle"], triangles["square"]) + 0.2
     fill = {name: float(fill_ratio(images).median()) for name, images in drawn.items()}
-    assert fill["triangle"] < min(fill["circle"], fill["square"]) - 0.1  # seen: 0.51 vs 0.69
+    assert fill["triangle"] < min(fill["circle"], fill["square"]) - 0.08
