@@ -21,12 +21,12 @@ install: $(VENV)/.installed ## Create .venv and install the package with its dev
 train: $(VENV)/.installed ## Train the default DCGAN on the embedded shapes dataset (ARGS="key=value ...")
 	$(PY) -m dcgan_lightning $(ARGS)
 
-test: $(VENV)/.installed ## Run the whole test suite (lint first; the 15 slowest tests listed)
+test: $(VENV)/.installed ## Run the whole test suite, a worker per core (lint first; the 15 slowest listed)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest --durations=15 $(ARGS)
+	$(PY) -m pytest -n logical --dist worksteal --durations=15 $(ARGS)
 
 test-fast: $(VENV)/.installed ## Run the tests not marked slow
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest -n logical --dist worksteal -m "not slow" $(ARGS)
 
 lint: $(VENV)/.installed ## ruff check and format check
 	$(VENV)/bin/ruff check .
