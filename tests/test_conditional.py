@@ -454,10 +454,10 @@ def test_the_shape_measure_names_the_shapes_of_real_images() -> None:
 
 @pytest.mark.slow
 def test_a_conditional_shapes_run_draws_triangles_where_asked(tmp_path: Path) -> None:
-    """1,920 batches of features-24 nets (54-72 s on a 2-core CPU with bf16): by then the triangle
-    row is triangles and the other rows are not; circles and squares both come out as rounded
-    squares (not told apart). Features 16 drew 64% triangles with 2 threads and bf16, 78% with 1:
-    too close to chance to test."""
+    """1,920 batches of features-32 nets (64 s on a 2-core CPU with bf16, 102 s on one thread in
+    fp32): by then the triangle row is triangles and the other rows are not; circles and squares
+    both come out as rounded squares (not told apart). Features 16 drew 64% triangles with 2
+    threads and bf16, 78% with 1: too close to the bar; features 24, 79-89% and a lead of 0.29."""
     cfg = compose_config(
         [
             "model=cdcgan",
@@ -466,8 +466,8 @@ def test_a_conditional_shapes_run_draws_triangles_where_asked(tmp_path: Path) ->
             "data.num_images=1024",
             "data.batch_size=32",
             "trainer.max_epochs=60",
-            "model.generator.features=24",
-            "model.discriminator.features=24",
+            "model.generator.features=32",
+            "model.discriminator.features=32",
             "model.optimizer_g.lr=5e-4",
             "metrics=none",
             "logger=csv",
@@ -483,11 +483,11 @@ def test_a_conditional_shapes_run_draws_triangles_where_asked(tmp_path: Path) ->
         name: ((g(z, torch.full((256,), c)) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
         for c, name in enumerate(SHAPES)
     }
-    # Seen over 1 and 2 threads, bf16 and fp32, seeds 42 and 1: 79-89% of label=triangle samples
-    # measure as triangles, 29-47 points more than the circles' or squares' (a blurred corner
-    # makes a blob measure low), and their median fill is 0.12-0.17 lower.
+    # Seen over 1 and 2 threads, bf16 and fp32, seeds 42 and 1: 93-98% of label=triangle samples
+    # measure as triangles, 39-61 points more than the circles' or squares' (a blurred corner
+    # makes a blob measure low), and their median fill is 0.15-0.19 lower.
     triangles = {name: fraction_drawn_as(images, "triangle") for name, images in drawn.items()}
     assert triangles["triangle"] > 0.7
-    assert triangles["triangle"] > max(triangles["circle"], triangles["square"]) + 0.2
+    assert triangles["triangle"] > max(triangles["circle"], triangles["square"]) + 0.3
     fill = {name: float(fill_ratio(images).median()) for name, images in drawn.items()}
-    assert fill["triangle"] < min(fill["circle"], fill["square"]) - 0.08
+    assert fill["triangle"] < min(fill["circle"], fill["square"]) - 0.1
