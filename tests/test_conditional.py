@@ -120,10 +120,11 @@ def test_ranks_other_than_0_wait_for_its_download_to_list_classes(tmp_path, monk
     monkeypatch.setattr(rank_zero_only, "rank", 1)
     monkeypatch.setattr(download, "POLL_SECONDS", 0.05)
 
-    def rank_0_download() -> None:
+    def rank_0_download() -> None:  # as download.link_or_copy: the whole set appears at once
         time.sleep(0.3)
-        write_solid(root / "images" / "Rembrandt", 1, RED)
-        write_solid(root / "images" / "Pablo_Picasso", 1, BLUE)
+        write_solid(tmp_path / "cache" / "images" / "Rembrandt", 1, RED)
+        write_solid(tmp_path / "cache" / "images" / "Pablo_Picasso", 1, BLUE)
+        (tmp_path / "cache").rename(root)
 
     thread = threading.Thread(target=rank_0_download)
     thread.start()

@@ -485,6 +485,36 @@ def test_kagglehub_download_is_linked_into_place(tmp_path, monkeypatch, no_netwo
     assert calls == [KAGGLE["handle"]]  # present: not fetched again
 
 
+def test_where_links_fail_the_copy_appears_at_once(tmp_path, monkeypatch) -> None:
+    """Ranks waiting for rank 0's download read the data as soon as its folder appears: a copy
+    made in place would show them half of it."""
+    source = tmp_path / "kagglehub-cache"
+    for artist in ("Rembrandt", "Pablo_Picasso"):
+        write_images(source / "images" / artist, 2)
+    dest = tmp_path / "data" / "best-artworks"
+
+    def no_links(self, target, target_is_directory=False):
+        raise OSError("links not allowed here")
+
+    seen_while_copying, real_copytree = [], download.shutil.copytree
+
+    def copy2(src, dst, **kwargs):
+        seen_while_copying.append(dest.exists())
+        return download.shutil.copy2(src, dst, **kwargs)
+
+    def copytree(src, dst, *args, **kwargs):  # subfolders come back through here, positionally
+        if args:
+            return real_copytree(src, dst, *args, **kwargs)
+        return real_copytree(src, dst, copy_function=copy2, **kwargs)
+
+    monkeypatch.setattr(Path, "symlink_to", no_links)
+    monkeypatch.setattr(download.shutil, "copytree", copytree)
+    download.link_or_copy(source, dest)
+    assert len(seen_while_copying) == 4 and not any(seen_while_copying)
+    assert sorted(p.name for p in (dest / "images").iterdir()) == ["Pablo_Picasso", "Rembrandt"]
+    assert not dest.is_symlink() and [p.name for p in dest.parent.iterdir()] == ["best-artworks"]
+
+
 def test_unwritable_cache_dir_trains_uncached(tmp_path: Path, caplog) -> None:
     write_images(tmp_path / "imgs", 2)
     blocker = tmp_path / "not_a_dir"

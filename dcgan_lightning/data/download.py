@@ -101,15 +101,23 @@ def fetch_kaggle(kaggle: Mapping[str, object], dest: Path, what: str = "Data") -
 
 
 def link_or_copy(source: Path, dest: Path) -> None:
-    """Make `dest` show the contents of `source`: a link where `dest` is absent or an empty
-    folder, else (links not allowed, or a partial folder already there) a copy into it."""
+    """Make `dest` show the contents of `source`, all at once: the ranks waiting for rank 0's
+    download read `dest` as soon as it appears. A link where `dest` is absent or an empty folder;
+    where links are not allowed, a copy beside it renamed into place; into a partial folder
+    already there, a copy into it."""
     if dest.is_dir() and not dest.is_symlink() and not any(dest.iterdir()):
         dest.rmdir()
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         dest.symlink_to(source.resolve(), target_is_directory=True)
     except OSError:
-        shutil.copytree(source, dest, dirs_exist_ok=True)
+        if dest.exists():
+            shutil.copytree(source, dest, dirs_exist_ok=True)
+        else:
+            staging = dest.with_name(f".{dest.name}.partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(source, staging)
+            staging.rename(dest)
     log.info("Data ready at %s (from %s)", dest, source)
 
 
