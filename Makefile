@@ -21,7 +21,7 @@ install: $(VENV)/.installed ## Create .venv and install the package with its dev
 train: $(VENV)/.installed ## Train the default DCGAN on the embedded shapes dataset (ARGS="key=value ...")
 	$(PY) -m dcgan_lightning $(ARGS)
 
-test: $(VENV)/.installed ## Run the whole test suite, a worker per core (lint first; the 15 slowest listed)
+test: $(VENV)/.installed ## Run the whole test suite, a worker per logical CPU (lint first; the 15 slowest listed)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n logical --dist worksteal --durations=15 $(ARGS)
 
