@@ -62,7 +62,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 def default_out(ckpt_path: Path) -> Path:
-    """`<run dir>/generated/<time>/`: outputs stay with the run that made the checkpoint."""
+    """`<run dir>/generated/<time>/`: outputs stay with the run that made the checkpoint. An
+    exported folder or Hub id: `outputs/generated/<its name>/<time>/` (the export stays as is)."""
+    if not ckpt_path.is_file():
+        name = ckpt_path.name if ckpt_path.is_dir() else str(ckpt_path).replace("/", "--")
+        return Path("outputs", "generated", name, datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
     ckpt_dir = ckpt_path.resolve().parent
     run_dir = ckpt_dir.parent if ckpt_dir.name == "checkpoints" else ckpt_dir
     return run_dir / "generated" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -196,7 +200,9 @@ def settings(
 ) -> str:
     """What made the images, as JSON: enough to make them again (not batch_size: no effect)."""
     made = {
-        "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+        "ckpt_path": str(
+            Path(cfg.ckpt_path).resolve() if Path(cfg.ckpt_path).exists() else cfg.ckpt_path
+        ),
         "ema": generator.ema,
         "noise": generator.noise,
         "truncation": cfg.truncation,

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.precision import MixedPrecision
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -43,6 +42,10 @@ def trainer_precision(trainer_cfg: DictConfig) -> dict[str, Any]:
     """
     if trainer_cfg.get("accelerator") != "cpu" or str(trainer_cfg.get("precision")) != "16-mixed":
         return {}
+    # Imported here: `import dcgan_lightning` (which registers the resolvers) stays free of
+    # Lightning, so that a shared generator loads without it (generation/pretrained.py).
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
     scaler = torch.amp.GradScaler("cpu")
     return {"precision": None, "plugins": [MixedPrecision("16-mixed", "cpu", scaler=scaler)]}
 
