@@ -22,7 +22,7 @@ from PIL import Image
 from dcgan_lightning.errors import UserError
 from dcgan_lightning.export import export
 from dcgan_lightning.generate import generate
-from dcgan_lightning.generation import load_generator
+from dcgan_lightning.generation import CheckpointError, load_generator
 from dcgan_lightning.generation.hub import is_hub_id, require
 from dcgan_lightning.train import train
 from tests.conftest import REPO, compose_config, tiny
@@ -31,7 +31,7 @@ huggingface_hub = pytest.importorskip("huggingface_hub")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 hub_errors = pytest.importorskip("huggingface_hub.errors")
 
-OVERRIDES = ["model.ema={decay:0.5,start_step:0}", "logger=none"]
+OVERRIDES = ["model.ema={decay:0.5,start_step:0}", "logger=none", "metrics=none"]
 
 
 def tiny_run(run_dir: Path, *overrides: str) -> Path:
@@ -268,7 +268,7 @@ def test_hub_id_loads_offline_from_the_cache(exported: Path, tmp_path: Path) -> 
     script = """
 import sys, torch
 from dcgan_lightning.errors import UserError
-from dcgan_lightning.generation import load_generator
+from dcgan_lightning.generation import CheckpointError, load_generator
 G = load_generator("someone/monet-dcgan")
 torch.save(G(G.sample_noise(3, torch.Generator().manual_seed(1))), sys.argv[1])
 try:
@@ -296,6 +296,30 @@ def test_what_is_a_hub_id(exported: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"has no model\.safetensors"):
         load_generator(tmp_path / "empty")
+    (tmp_path / "empty" / "checkpoints").mkdir()
+    with pytest.raises(UserError, match=r"is a training run: pass one of its checkpoints/\*\.ckpt"):
+        load_generator(tmp_path / "empty")
+
+
+def test_mixin_save_pretrained_round_trips(exported: Path, tmp_path: Path) -> None:
+    """huggingface_hub's own save_pretrained/from_pretrained keep the export's config and keys."""
+    from dcgan_lightning.generation.pretrained import PretrainedGenerator
+
+    generator = PretrainedGenerator.from_pretrained(exported)
+    generator.save_pretrained(tmp_path / "again")
+    config = json.loads((exported / "config.json").read_text())
+    assert json.loads((tmp_path / "again" / "config.json").read_text()) == config
+    a = safetensors_torch.load_file(exported / "model.safetensors")
+    b = safetensors_torch.load_file(tmp_path / "again" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    again = PretrainedGenerator.from_pretrained(tmp_path / "again")
+    z = again.sample_noise(4, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(again(z), generator(z))
+    broken = {**config, "z_dim": config["z_dim"] + 1}  # weights that do not fit: refused
+    (tmp_path / "again" / "config.json").write_text(json.dumps(broken))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors does not fit its config\.json"):
+        PretrainedGenerator.from_pretrained(tmp_path / "again")
 
 
 # -- the Hub ----------------------------------------------------------------------------------

@@ -87,6 +87,8 @@ def load_shared(
     """
     folder = Path(source) if Path(source).is_dir() else fetch(str(source))
     if not (folder / WEIGHTS).is_file():
+        if (folder / "checkpoints").is_dir():
+            raise UserError(f"{source} is a training run: pass one of its checkpoints/*.ckpt")
         onnx_only = (folder / ONNX_GRAPH).is_file()
         hint = " (an ONNX export: run it with onnxruntime)" if onnx_only else ""
         raise UserError(f"{source} has no {WEIGHTS}{hint}: export it with format=safetensors")

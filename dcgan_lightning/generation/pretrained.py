@@ -17,7 +17,7 @@ import safetensors.torch
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
 
 from dcgan_lightning.generation.hub import CONFIG, WEIGHTS
-from dcgan_lightning.generation.loading import TrainedGenerator
+from dcgan_lightning.generation.loading import CheckpointError, TrainedGenerator
 from dcgan_lightning.models.conditional import ConditionalGenerator
 from dcgan_lightning.models.generator import Generator
 
@@ -101,5 +101,8 @@ class PretrainedGenerator(
         if not model_kwargs:
             raise ValueError(f"{model_id} has no {CONFIG}: it is not an exported generator")
         model = cls(**model_kwargs)
-        safetensors.torch.load_model(model.net, weights, strict=True, device=map_location)
+        try:
+            safetensors.torch.load_model(model.net, weights, strict=True, device=map_location)
+        except RuntimeError as e:
+            raise CheckpointError(f"{model_id}: {WEIGHTS} does not fit its {CONFIG}") from e
         return model.to(map_location).eval()
