@@ -114,11 +114,11 @@ def write_onnx(generator: TrainedGenerator, out: Path) -> None:
 
 # -- the model card ---------------------------------------------------------------------------
 def sample_grid(generator: TrainedGenerator, count: int, seed: int) -> tuple[Image.Image, str]:
-    """About `count` samples as one grid, drawn as `generate` draws them (image i: the i-th z of
-    `seed`); a conditional generator gets a row per class, the same z in each column."""
+    """`count` samples in rows of sqrt(count), drawn as `generate` draws them (image i: the i-th
+    z of `seed`); a conditional generator: one such row per class, the same z in each column."""
     rng = torch.Generator().manual_seed(seed)
     names = generator.class_names
-    per_row = math.ceil(count / len(names)) if names else math.ceil(math.sqrt(count))
+    per_row = math.ceil(math.sqrt(count))
     z = generator.sample_noise(per_row if names else count, rng)
     with torch.inference_mode():
         if names:
@@ -275,8 +275,9 @@ def model_card(
     lines.append("## Final metrics\n")
     metrics = record.get("metrics")
     if metrics:
-        lines += ["| metric | value |\n|---|---|", *(f"| {k} | {v:.4g} |" for k, v in
-                                                    sorted(metrics.items())), ""]  # fmt: skip
+        values = {k: f"{v:.4g}" if isinstance(v, (int, float)) else v for k, v in metrics.items()}
+        lines += ["| metric | value |\n|---|---|", *(f"| {k} | {v} |" for k, v in
+                                                    sorted(values.items())), ""]  # fmt: skip
     else:
         lines.append("Not recorded (no metrics.json in the run directory).\n")
     lines += ["## How to use\n", usage(generator, ref, cfg.format)]

@@ -204,6 +204,8 @@ def test_conditional_folder_keeps_its_classes(cond_ckpt: Path, cond_exported: Pa
     from_ckpt, from_dir = load_generator(cond_ckpt), load_generator(cond_exported)
     assert config["class_names"] == from_ckpt.class_names == from_dir.class_names
     assert config["conditional"]["generator"] == "cbn"
+    with Image.open(cond_exported / "samples.png") as grid:  # a row of 8 per class
+        assert grid.size == (2 + 8 * 34, 2 + 3 * 34)
     card = (cond_exported / "README.md").read_text()
     assert "class-conditional" in card and f'G.label_index("{config["class_names"][0]}")' in card
 
