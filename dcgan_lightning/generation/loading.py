@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from dcgan_lightning.generation.hub import is_shared, load_shared
 from dcgan_lightning.generation.noise import NOISES, draw_noise
 from dcgan_lightning.models.conditional import ConditionalGenerator
 from dcgan_lightning.models.generator import Generator
@@ -145,6 +144,8 @@ def load_generator(
     A conditional run's generator takes labels too (`class_names` lists its classes).
     `ckpt_path` may also be an exported model folder or a Hub id (`generation.hub`).
     """
+    from dcgan_lightning.generation.hub import is_shared, load_shared  # its own imports are lazy
+
     if is_shared(ckpt_path):
         return load_shared(ckpt_path, device, ema)
     ckpt = read_checkpoint(ckpt_path)
