@@ -299,7 +299,10 @@ def test_what_is_a_hub_id(exported: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"has no model\.safetensors"):
         load_generator(tmp_path / "empty")
     (tmp_path / "empty" / "checkpoints").mkdir()
-    with pytest.raises(UserError, match=r"is a training run: pass one of its checkpoints/\*\.ckpt"):
+    (tmp_path / "empty" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(
+        UserError, match=r"not an exported model .* e\.g\. .*checkpoints/last\.ckpt"
+    ):
         load_generator(tmp_path / "empty")
 
 

@@ -87,8 +87,12 @@ def load_shared(
     """
     folder = Path(source) if Path(source).is_dir() else fetch(str(source))
     if not (folder / WEIGHTS).is_file():
-        if (folder / "checkpoints").is_dir():
-            raise UserError(f"{source} is a training run: pass one of its checkpoints/*.ckpt")
+        checkpoints = sorted(folder.glob("*.ckpt")) or sorted(folder.glob("checkpoints/*.ckpt"))
+        if checkpoints:  # a run directory or its checkpoints/ folder
+            raise UserError(
+                f"{source} is not an exported model (no {WEIGHTS}): pass a checkpoint in it, "
+                f"e.g. {checkpoints[-1]}"
+            )
         onnx_only = (folder / ONNX_GRAPH).is_file()
         hint = " (an ONNX export: run it with onnxruntime)" if onnx_only else ""
         raise UserError(f"{source} has no {WEIGHTS}{hint}: export it with format=safetensors")
