@@ -19,6 +19,7 @@ from dcgan_lightning.cli import mark_task_started, run_cli
 from dcgan_lightning.errors import USER_ERROR_STATUS, UserError, exit_with_message, user_error
 
 log = logging.getLogger(__name__)
+CONFIG_PATH = "../conf"  # relative to this file
 
 __all__ = ["USER_ERROR_STATUS", "exit_with_message", "main", "user_error"]
 
@@ -31,12 +32,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def stop_for(err: UserError) -> None:
-    """A mistake stopped the run before it trained: leave its run directory as it was, report."""
-    run_guard.undo()
-    exit_with_message(err)
+    """A mistake stopped the run before it trained: report it, then leave its run directory as
+    it was (train.log too: the message goes to the console)."""
+    try:
+        exit_with_message(err)
+    finally:
+        run_guard.undo()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> Any:
     """Train. In a multirun, return the optimized metric for sweepers, and log a failed job and
     score it +inf instead of stopping the sweep."""
@@ -64,4 +68,4 @@ def main(cfg: DictConfig) -> Any:
 
 
 if __name__ == "__main__":
-    run_cli(main, "train")
+    run_cli(main, "train", CONFIG_PATH)

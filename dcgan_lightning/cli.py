@@ -8,6 +8,7 @@ Imports neither torch nor Lightning: `--help` and `--cfg job` stay fast.
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 import re
 import sys
@@ -226,16 +227,31 @@ def _flat_keys(node: Any, prefix: str = "") -> Iterator[str]:
             yield from _flat_keys(value, f"{path}.")
 
 
-def closest_key_hint(config_name: str, argv: list[str]) -> str | None:
+def _config_dir_flag(argv: list[str]) -> str | None:
+    for flag, value in itertools.pairwise(argv):
+        if flag in ("--config-dir", "-cd"):
+            return value
+    return next((a.split("=", 1)[1] for a in argv if a.startswith("--config-dir=")), None)
+
+
+def closest_key_hint(config_dir: Path, config_name: str, argv: list[str]) -> str | None:
     """'Did you mean model.z_dim?' for each `key=value` override naming no key of the config the
     other overrides compose (difflib over its keys); None when there is nothing to add."""
-    from hydra import compose
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    extra = _config_dir_flag(argv)  # a user's own config folder (--config-dir)
+    searchpath = [f"hydra.searchpath=[file://{Path(extra).absolute()}]"] if extra else []
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return _hint_for(lambda overrides: compose(config_name, [*overrides, *searchpath]), argv)
+
+
+def _hint_for(compose: Callable[[list[str]], DictConfig], argv: list[str]) -> str | None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
 
-    if not GlobalHydra.instance().is_initialized():
-        return None
     try:
         parsed = OverridesParser.create().parse_overrides(_overrides(argv))
         groups = set(GlobalHydra.instance().config_loader().list_groups(""))
@@ -244,8 +260,7 @@ def closest_key_hint(config_name: str, argv: list[str]) -> str | None:
             if o.type == OverrideType.CHANGE and not o.key_or_group.startswith("hydra")
             and "/" not in o.key_or_group and o.key_or_group not in groups
         ]  # fmt: skip
-        rest = [o.input_line for o in parsed if o not in suspects]
-        cfg = compose(config_name=config_name, overrides=rest)
+        cfg = compose([o.input_line for o in parsed if o not in suspects])
     except Exception:  # the other overrides fail too: Hydra's message says why
         return None
     container = OmegaConf.to_container(cfg, resolve=False)
@@ -255,15 +270,9 @@ def closest_key_hint(config_name: str, argv: list[str]) -> str | None:
         key = override.key_or_group
         if OmegaConf.select(cfg, key, default=_Missing, throw_on_missing=False) is not _Missing:
             continue
-        close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(key, keys, n=1, cutoff=0.8)  # typos, not other keys
         if close:
             hints.append(f"{key}: did you mean {close[0]}?")
-        else:
-            parent = key.rpartition(".")[0]
-            node = OmegaConf.select(cfg, parent) if parent else cfg
-            if isinstance(node, DictConfig):
-                where = parent or "the top level"
-                hints.append(f"{key}: no such key; {where} has {', '.join(node)}")
     if not hints:
         return None
     return "\n".join(hints) + "\n(`--cfg job` prints every key; `--help` documents them)"
@@ -273,16 +282,23 @@ class _Missing:
     """Sentinel for OmegaConf.select."""
 
 
-def run_cli(hydra_main: Callable[[], Any], config_name: str) -> None:
-    """Run a `@hydra.main` function; a config that does not compose (Hydra printed why and exits
-    1) exits 2 instead, with the closest valid key for an unknown one. A task's own failure keeps
-    Hydra's exit status 1; HYDRA_FULL_ERROR=1 keeps Hydra's traceback."""
+def run_cli(hydra_main: Callable[[], Any], config_name: str, config_path: str) -> None:
+    """Run a `@hydra.main` function (its `config_path` and `config_name`); a config that does not
+    compose (Hydra printed why and exits 1) exits 2 instead, with the closest valid key for an
+    unknown one. A task's own failure keeps Hydra's exit status 1; HYDRA_FULL_ERROR=1 keeps
+    Hydra's traceback."""
+    global _TASK_STARTED
+    _TASK_STARTED = False
     try:
         hydra_main()
     except SystemExit as stop:
         if stop.code != 1 or _TASK_STARTED or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        hint = closest_key_hint(config_name, sys.argv[1:])
+        module_dir = Path(sys.modules[hydra_main.__module__].__file__ or ".").parent
+        try:
+            hint = closest_key_hint(module_dir / config_path, config_name, sys.argv[1:])
+        except Exception:  # a hint is a courtesy: never hide Hydra's message behind another
+            hint = None
         if hint:
             print(hint, file=sys.stderr)
         sys.exit(USER_ERROR_STATUS)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # imported where used: `--help` and `--cfg job` load neither 
     from dcgan_lightning.generation.loading import TrainedGenerator
 
 log = logging.getLogger(__name__)
+CONFIG_PATH = "../conf"  # relative to this file
 
 MODES = ("zip", "grid", "interpolate")
 FORMATS = ("png", "jpg")  # generation.images.FORMATS, checked in a test
@@ -346,7 +347,7 @@ def generate(cfg: DictConfig) -> Path:
     return dest
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="generate")
 def main(cfg: DictConfig) -> None:
     """Generate; a mistake (a missing checkpoint, an unknown label) is one message, exit 2."""
     mark_task_started()
@@ -360,4 +361,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main, "generate")
+    run_cli(main, "generate", CONFIG_PATH)

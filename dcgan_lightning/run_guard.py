@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -51,6 +52,7 @@ class RunGuard(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _before
+        HydraConfig.instance().set_config(config)  # as run_job does next: `${hydra:...}` resolves
         _before = _snapshot(Path(config.hydra.run.dir).absolute())
 
 

@@ -25,7 +25,7 @@ from dcgan_lightning.precision import trainer_precision
 from dcgan_lightning.quiet import silence_library_noise
 from dcgan_lightning.resume import check_compatible, resolve_ckpt_path
 from dcgan_lightning.sweep import rerun_this_job_for_ddp_ranks, write_result
-from dcgan_lightning.validation import build, check_model
+from dcgan_lightning.validation import build, check_model, check_trainer
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +72,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # The datamodule fixes image size, channels and classes; the model is built to match.
     datamodule: pl.LightningDataModule = build("data", cfg.data)
     check_model(cfg.model, datamodule, ckpt_path)  # on the meta device: no data read yet
-    rerun_this_job_for_ddp_ranks()  # before the Trainer reads the launch environment
-    callbacks = instantiate_dict(cfg.get("callbacks"))
-    precision = trainer_precision(cfg.trainer)  # 16-mixed on a CPU: real fp16
-    # Loggers are attached once config.yaml is written: a Trainer that can't start writes nothing.
-    trainer: pl.Trainer = build(
-        "trainer", cfg.trainer, callbacks=callbacks, logger=False, **precision
-    )
+    rerun_this_job_for_ddp_ranks()  # before a Trainer reads the launch environment
+    check_trainer(cfg.trainer, lambda: trainer_precision(cfg.trainer))
     check_data(datamodule)
     model: pl.LightningModule = build(
         "model",
@@ -89,6 +84,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     if ckpt_path is not None:
         check_compatible(ckpt_path, model)  # the real classes, now that the data is read
+    callbacks = instantiate_dict(cfg.get("callbacks"))
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if rank_zero_only.rank == 0:
@@ -97,7 +93,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     configured = instantiate_dict(cfg.get("logger"))
     loggers = start_loggers(configured, resolved, str(output_dir))
     try:
-        trainer.loggers = loggers  # what `Trainer(logger=loggers)` would have set
+        precision = trainer_precision(cfg.trainer)  # 16-mixed on a CPU: real fp16
+        trainer: pl.Trainer = build(
+            "trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False, **precision
+        )
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         skip_unused_batch_hooks(trainer.callbacks)  # Lightning's own ones too
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -8,6 +8,8 @@ traceback with exit status 1. `build` turns it into one message naming the confi
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -73,3 +75,17 @@ def check_model(
         )
     if ckpt is not None:
         check_compatible(ckpt_path, model, ckpt)
+
+
+def check_trainer(trainer_cfg: DictConfig, precision: Callable[[], dict[str, Any]]) -> None:
+    """Build the Trainer once, quietly and without callbacks or loggers, to check its settings
+    (`trainer=gpu` without a GPU, an unknown precision) before any data is read or anything is
+    written; `precision()`: the extra arguments the real one gets. Callbacks are built later: the
+    metrics callback may fetch Inception weights."""
+    lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # its "GPU available" lines come with the real one
+    try:
+        build("trainer", trainer_cfg, callbacks=[], logger=False, **precision())
+    finally:
+        lightning_log.setLevel(level)
