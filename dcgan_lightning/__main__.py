@@ -1,47 +1,52 @@
-"""`python -m dcgan_lightning [+experiment=NAME] [key=value ...]`: the Hydra entry point."""
+"""`python -m dcgan_lightning [+experiment=NAME] [key=value ...]`: the Hydra entry point.
+
+Composing the config (`--help`, `--cfg job`) imports neither torch nor Lightning: `train` is
+imported when a run starts.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from dcgan_lightning.errors import UserError
-from dcgan_lightning.sweep import in_multirun, optimized_value, write_result
-from dcgan_lightning.train import train
+from dcgan_lightning import run_guard
+from dcgan_lightning.cli import mark_task_started, run_cli
+from dcgan_lightning.errors import USER_ERROR_STATUS, UserError, exit_with_message, user_error
 
 log = logging.getLogger(__name__)
+CONFIG_PATH = "../conf"  # relative to this file
+
+__all__ = ["USER_ERROR_STATUS", "exit_with_message", "main", "user_error"]
 
 
-USER_ERROR_STATUS = 2  # the shell's "wrong usage", apart from a crash's 1
+def train(cfg: DictConfig) -> dict[str, float]:
+    """`dcgan_lightning.train.train`, imported on first use (it loads torch and Lightning)."""
+    from dcgan_lightning.train import train as fit
+
+    return fit(cfg)
 
 
-def user_error(err: BaseException) -> UserError | None:
-    """The `UserError` behind `err`, if any: Hydra's `instantiate` wraps what a constructor raises
-    (a model setting that can't work) in an `InstantiationException`."""
-    while err is not None and not isinstance(err, UserError):
-        err = err.__cause__
-    return err
+def stop_for(err: UserError) -> None:
+    """A mistake stopped the run before it trained: report it, then leave its run directory as
+    it was (train.log too: the message goes to the console)."""
+    try:
+        exit_with_message(err)
+    finally:
+        run_guard.undo()
 
 
-def exit_with_message(err: UserError) -> None:
-    """A user's mistake: its message alone (console and train.log), exit status 2. The traceback
-    only with HYDRA_FULL_ERROR=1, as for Hydra's own errors."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise err
-    log.error("%s", err)
-    sys.exit(USER_ERROR_STATUS)
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def main(cfg: DictConfig) -> Any:
     """Train. In a multirun, return the optimized metric for sweepers, and log a failed job and
     score it +inf instead of stopping the sweep."""
+    mark_task_started()
+    from dcgan_lightning.sweep import in_multirun, optimized_value, write_result
+
     if not in_multirun():
         try:
             train(cfg)
@@ -49,7 +54,7 @@ def main(cfg: DictConfig) -> float | None:
             mistake = user_error(err)
             if mistake is None:
                 raise
-            exit_with_message(mistake)
+            stop_for(mistake)
         return None
     try:
         metrics = train(cfg)
@@ -63,4 +68,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "train", CONFIG_PATH)

@@ -21,6 +21,12 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 
+from dcgan_lightning.errors import UserError
+
+
+class UnwritableOutputError(UserError, PermissionError):
+    """The run's output directory cannot be written: reported before any data is loaded."""
+
 
 class InsufficientDiskSpaceError(OSError):
     """Raised instead of writing a checkpoint that does not fit; the previous one is kept."""
@@ -39,7 +45,7 @@ def ensure_writable(directory: str | os.PathLike) -> None:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as err:
-        raise PermissionError(
+        raise UnwritableOutputError(
             f"Output directory {path} is not writable ({err.strerror or err}). Fix its "
             "permissions or write elsewhere, e.g. hydra.run.dir=/path/with/space"
         ) from err

@@ -18,29 +18,27 @@ import re
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import torch
 from omegaconf import DictConfig
-from PIL import Image
-from rich.progress import MofNCompleteColumn, Progress
 
-from dcgan_lightning.generation.images import (
-    FORMATS,
-    ImageWriter,
-    encode,
-    grid,
-    save_gif,
-    to_pil,
-    to_uint8,
-)
-from dcgan_lightning.generation.latent import METHODS, latent_walk
-from dcgan_lightning.generation.loading import TrainedGenerator, load_generator, safe_name
-from dcgan_lightning.generation.noise import check_truncation
+from dcgan_lightning.cli import mark_task_started, run_cli
+from dcgan_lightning.errors import UserError, UserValueError, exit_with_message, user_error
+
+if TYPE_CHECKING:  # imported where used: `--help` and `--cfg job` load neither torch nor PIL
+    import torch
+    from PIL import Image
+
+    from dcgan_lightning.generation.loading import TrainedGenerator
 
 log = logging.getLogger(__name__)
+CONFIG_PATH = "../conf"  # relative to this file
 
 MODES = ("zip", "grid", "interpolate")
+FORMATS = ("png", "jpg")  # generation.images.FORMATS, checked in a test
+# What Kaggle's "I'm Something of a Painter Myself" accepts: a zip of 7,000-10,000 256x256 JPEGs.
+KAGGLE_IMAGES, KAGGLE_SIZE = (7_000, 10_000), 256
 RECORD = "generation.json"  # the settings that made the images in a folder
 # Files a previous run may have left in `out`: `overwrite=true` replaces exactly these.
 OUR_FILES = re.compile(
@@ -48,17 +46,29 @@ OUR_FILES = re.compile(
 )
 
 
+class OutputExistsError(UserError, FileExistsError):
+    """Earlier outputs where this run would write, and no `overwrite=true`."""
+
+
 def output_mode(cfg: DictConfig) -> str:
     chosen = [mode for mode in MODES if cfg.get(mode)]
     if len(chosen) > 1:
-        raise ValueError(f"choose one of zip=..., grid=true, interpolate=true; got {chosen}")
+        raise UserValueError(f"choose one of zip=..., grid=true, interpolate=true; got {chosen}")
     return chosen[0] if chosen else "files"
 
 
 def resolve_device(device: str) -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as err:
+        raise UserValueError(f"device={device}: not a device; use auto, cpu, cuda, cuda:N") from err
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise UserValueError(f"device={device}, but no CUDA GPU is visible: use device=cpu or auto")
+    return chosen
 
 
 def default_out(ckpt_path: Path) -> Path:
@@ -76,14 +86,14 @@ def claim(dest: Path, overwrite: bool, is_zip: bool) -> None:
     """Refuse to write over earlier outputs unless `overwrite`; then clear ours from `dest`."""
     if is_zip:
         if dest.exists() and not overwrite:
-            raise FileExistsError(f"{dest} exists: pass overwrite=true to replace it")
+            raise OutputExistsError(f"{dest} exists: pass overwrite=true to replace it")
         return
     if dest.exists() and not dest.is_dir():
-        raise FileExistsError(f"out={dest} is a file, not a folder")
+        raise OutputExistsError(f"out={dest} is a file, not a folder: pass another out=")
     if not dest.is_dir() or not any(dest.iterdir()):
         return
     if not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"out={dest} is not empty: pass overwrite=true to replace its images, or another out="
         )
     for path in dest.iterdir():
@@ -100,6 +110,10 @@ def render(
 ) -> Iterator[Image.Image]:
     """G(z) (of class `label`) as PIL images, `batch_size` at a time, so memory does not grow
     with len(z)."""
+    import torch
+
+    from dcgan_lightning.generation.images import to_pil, to_uint8
+
     for start in range(0, len(z), batch_size):
         chunk = z[start : start + batch_size]
         labels = None if label is None else torch.full((len(chunk),), label, dtype=torch.long)
@@ -112,6 +126,8 @@ def class_prefixes(
     generator: TrainedGenerator, classes: list[int] | None
 ) -> list[tuple[str, int | None]]:
     """(file name prefix, class) per set of images: `<class>_`, or one unnamed unconditional set."""
+    from dcgan_lightning.generation.loading import safe_name
+
     if classes is None:
         return [("", None)]
     return [(f"{safe_name(generator.class_names[c])}_", c) for c in classes]
@@ -123,7 +139,9 @@ def chosen_classes(generator: TrainedGenerator, cfg: DictConfig) -> list[int] | 
     asked = [cfg.label] if cfg.get("label") is not None else list(cfg.get("labels") or [])
     if generator.class_names is None:
         if asked:
-            raise ValueError(f"label(s) {asked} given, but {cfg.ckpt_path} is unconditional")
+            raise UserValueError(
+                f"label(s) {asked} given, but {cfg.ckpt_path} is unconditional: drop label=/labels="
+            )
         return None
     if not asked:
         return list(range(len(generator.class_names)))
@@ -141,6 +159,9 @@ def sample_images(
 ) -> Iterator[Image.Image]:
     """Image i comes from the i-th z of a CPU RNG seeded with `seed`, whatever the batch size
     (and, for a conditional generator, whatever the class `label`)."""
+    import torch
+    from rich.progress import MofNCompleteColumn, Progress
+
     rng = torch.Generator().manual_seed(seed)
     with Progress(*Progress.get_default_columns(), MofNCompleteColumn()) as bar:
         task = bar.add_task("Generating", total=n)
@@ -163,6 +184,10 @@ def walk_images(
 ) -> list[Image.Image]:
     """Frames walking through the first z of each seed: row k goes from seeds[k] to seeds[k+1]
     (within class `label` for a conditional generator)."""
+    import torch
+
+    from dcgan_lightning.generation.latent import latent_walk
+
     anchors = torch.cat(
         [generator.sample_noise(1, torch.Generator().manual_seed(s), truncation) for s in seeds]
     )
@@ -180,9 +205,12 @@ def write_walks(
 ) -> None:
     """Per method, a grid (a row per pair of seeds) and a GIF that walks there and back; a
     conditional generator walks within one class."""
+    from dcgan_lightning.generation.images import encode, grid, save_gif
+    from dcgan_lightning.generation.latent import METHODS
+
     seeds, steps = list(cfg.walk_seeds), cfg.walk_steps
     if classes is not None and len(classes) != 1:
-        raise ValueError("interpolate=true walks within one class: pass label=NAME (or index)")
+        raise UserValueError("interpolate=true walks within one class: pass label=NAME (or index)")
     label = classes[0] if classes else None
     out.mkdir(parents=True, exist_ok=True)
     for method in METHODS:
@@ -218,25 +246,73 @@ def settings(
     return json.dumps(made, indent=2)
 
 
+def check_truncation(truncation: float | None, noise: str) -> None:
+    """`generation.noise.check_truncation`, its complaint a `UserValueError`."""
+    from dcgan_lightning.generation.noise import check_truncation as check
+
+    try:
+        check(truncation, noise)
+    except ValueError as err:
+        raise UserValueError(f"truncation={truncation}: {err}") from err
+
+
 def check_options(cfg: DictConfig, mode: str) -> None:
     if cfg.num_images < 1 or cfg.batch_size < 1:
-        raise ValueError("num_images and batch_size must be >= 1")
+        raise UserValueError("num_images and batch_size must be >= 1")
     if cfg.format is not None and cfg.format not in FORMATS:
-        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {cfg.format!r}")
+        raise UserValueError(f"format must be one of {sorted(FORMATS)}, got {cfg.format!r}")
     if cfg.size is not None and cfg.size < 1:
-        raise ValueError(f"size must be a positive number of pixels, got {cfg.size}")
+        raise UserValueError(f"size must be a positive number of pixels, got {cfg.size}")
     if mode == "interpolate" and (len(cfg.walk_seeds) < 2 or cfg.walk_steps < 2):
-        raise ValueError("interpolate=true needs at least 2 walk_seeds and walk_steps >= 2")
+        raise UserValueError("interpolate=true needs at least 2 walk_seeds and walk_steps >= 2")
     check_truncation(cfg.truncation, "normal")  # the noise-law check waits for the checkpoint
+
+
+def check_kaggle_zip(
+    cfg: DictConfig, generator: TrainedGenerator, classes: list[int] | None
+) -> None:
+    """`zip=` with `kaggle=true` (the default): refuse, before anything is written, a zip that
+    Kaggle's "I'm Something of a Painter Myself" rejects (not 7,000-10,000 256x256 JPEGs)."""
+    if not cfg.kaggle:
+        return
+    count = cfg.num_images * (len(classes) if classes is not None else 1)
+    side = cfg.size or generator.image_size
+    fmt = cfg.format or "jpg"
+    low, high = KAGGLE_IMAGES
+    problems = [f"{count:,} images (it takes {low:,}-{high:,})"] * (not low <= count <= high)
+    problems += [f"{side}x{side} px (it takes {KAGGLE_SIZE}x{KAGGLE_SIZE})"] * (side != KAGGLE_SIZE)
+    problems += [f"{fmt} files (it takes jpg)"] * (fmt != "jpg")
+    if not problems:
+        return
+    sets = len(classes) if classes is not None else 1  # num_images is per class
+    per_class = f" (per class: {sets} classes)" if classes is not None else ""
+    fixes = [f"num_images={-(-low // sets)}{per_class}"] * (not low <= count <= high)
+    fixes += [f"size={KAGGLE_SIZE}"] * (side != KAGGLE_SIZE) + ["format=jpg"] * (fmt != "jpg")
+    upscale = (
+        f" (the model makes {generator.image_size} px images: size={KAGGLE_SIZE} upscales them)"
+        if generator.image_size < KAGGLE_SIZE and side != KAGGLE_SIZE
+        else ""
+    )
+    raise UserValueError(
+        f"zip={cfg.zip} is Kaggle's submission layout, and Kaggle would reject this one: "
+        f"{'; '.join(problems)}. Pass {' '.join(fixes)}{upscale}, or kaggle=false for a zip of "
+        "any count and size"
+    )
 
 
 def generate(cfg: DictConfig) -> Path:
     """Write the images `cfg` asks for; return the folder or zip written."""
+    from dcgan_lightning.generation.images import ImageWriter, encode, grid
+    from dcgan_lightning.generation.loading import load_generator
+
     mode = output_mode(cfg)
     check_options(cfg, mode)
     ckpt_path = Path(cfg.ckpt_path)
     generator = load_generator(ckpt_path, resolve_device(cfg.device), cfg.ema)
     check_truncation(cfg.truncation, generator.noise)
+    classes = chosen_classes(generator, cfg)
+    if mode == "zip":
+        check_kaggle_zip(cfg, generator, classes)
     fmt = cfg.format or ("jpg" if mode == "zip" else "png")
     dest = Path(cfg.zip) if mode == "zip" else Path(cfg.out or default_out(ckpt_path))
     claim(dest, cfg.overwrite, is_zip=mode == "zip")
@@ -249,7 +325,6 @@ def generate(cfg: DictConfig) -> Path:
             cfg.size,
         )
 
-    classes = chosen_classes(generator, cfg)
     record = settings(cfg, generator, mode, classes)
     if mode == "interpolate":
         write_walks(generator, cfg, dest, fmt, record, classes)
@@ -278,10 +353,18 @@ def generate(cfg: DictConfig) -> Path:
     return dest
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="generate")
 def main(cfg: DictConfig) -> None:
-    generate(cfg)
+    """Generate; a mistake (a missing checkpoint, an unknown label) is one message, exit 2."""
+    mark_task_started()
+    try:
+        generate(cfg)
+    except Exception as err:
+        mistake = user_error(err)
+        if mistake is None:
+            raise
+        exit_with_message(mistake)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "generate", CONFIG_PATH)

@@ -1,4 +1,10 @@
-"""`train(cfg)`: build datamodule, GAN, callbacks, loggers and Trainer from a Hydra config; fit."""
+"""`train(cfg)`: build datamodule, GAN, callbacks, loggers and Trainer from a Hydra config; fit.
+
+Mistakes are found cheapest first, before anything is written for the run: the checkpoint to
+resume, then the data, model and trainer settings (the model built on the meta device, its shapes
+checked against the checkpoint), and only then is data downloaded and decoded. A run directory,
+config.yaml and a W&B run exist only for a run that starts.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from dcgan_lightning.precision import trainer_precision
 from dcgan_lightning.quiet import silence_library_noise
 from dcgan_lightning.resume import check_compatible, resolve_ckpt_path
 from dcgan_lightning.sweep import rerun_this_job_for_ddp_ranks, write_result
+from dcgan_lightning.validation import build, check_model, check_trainer
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +70,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
 
     # The datamodule fixes image size, channels and classes; the model is built to match.
-    datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    datamodule: pl.LightningDataModule = build("data", cfg.data)
+    check_model(cfg.model, datamodule, ckpt_path)  # on the meta device: no data read yet
+    rerun_this_job_for_ddp_ranks()  # before a Trainer reads the launch environment
+    check_trainer(cfg.trainer, lambda: trainer_precision(cfg.trainer))
     check_data(datamodule)
-    model: pl.LightningModule = instantiate(
+    model: pl.LightningModule = build(
+        "model",
         cfg.model,
         image_size=datamodule.image_size,
         channels=datamodule.channels,
         num_classes=datamodule.num_classes,
     )
     if ckpt_path is not None:
-        check_compatible(ckpt_path, model)  # before the run directory is written to
+        check_compatible(ckpt_path, model)  # the real classes, now that the data is read
     callbacks = instantiate_dict(cfg.get("callbacks"))
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -82,10 +93,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     configured = instantiate_dict(cfg.get("logger"))
     loggers = start_loggers(configured, resolved, str(output_dir))
     try:
-        rerun_this_job_for_ddp_ranks()
         precision = trainer_precision(cfg.trainer)  # 16-mixed on a CPU: real fp16
-        trainer: pl.Trainer = instantiate(
-            cfg.trainer, callbacks=callbacks, logger=loggers or False, **precision
+        trainer: pl.Trainer = build(
+            "trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False, **precision
         )
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         skip_unused_batch_hooks(trainer.callbacks)  # Lightning's own ones too

@@ -16,10 +16,12 @@ import pytest
 import torch
 from hydra import compose, initialize
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 from PIL import Image
 
 from dcgan_lightning import load_generator
-from dcgan_lightning.generate import RECORD, generate
+from dcgan_lightning.errors import UserError
+from dcgan_lightning.generate import RECORD, check_kaggle_zip, generate
 from dcgan_lightning.generation import CheckpointError, TrainedGenerator
 from dcgan_lightning.generation.images import GRID_PAD
 from dcgan_lightning.generation.latent import latent_walk
@@ -103,7 +105,14 @@ def test_writes_n_files_of_the_model_size_and_mode(ckpt: Path, tmp_path: Path) -
 def test_zip_holds_n_jpegs_of_the_asked_size(
     ckpt: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dest = run(ckpt, tmp_path / "unused", f"zip={tmp_path}/images.zip", "size=64", "num_images=7")
+    dest = run(
+        ckpt,
+        tmp_path / "unused",
+        f"zip={tmp_path}/images.zip",
+        "size=64",
+        "num_images=7",
+        "kaggle=false",
+    )
     assert dest == tmp_path / "images.zip"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images.zip"]  # no folder, no .partial
     with zipfile.ZipFile(dest) as zf:
@@ -115,7 +124,7 @@ def test_zip_holds_n_jpegs_of_the_asked_size(
     assert "upscaling them to 64 px with Lanczos" in caplog.text
 
     caplog.clear()
-    run(ckpt, None, f"zip={tmp_path}/small.zip", "size=16", "num_images=1")
+    run(ckpt, None, f"zip={tmp_path}/small.zip", "size=16", "num_images=1", "kaggle=false")
     assert "upscaling" not in caplog.text  # downscaling loses nothing to warn about
 
 
@@ -127,8 +136,8 @@ def test_same_seed_same_bytes_whatever_the_batch_size(ckpt: Path, tmp_path: Path
         assert (a / name).read_bytes() == (b / name).read_bytes()
         assert (a / name).read_bytes() != (c / name).read_bytes()
     # Zips are byte-identical too (fixed entry dates).
-    za = run(ckpt, None, f"zip={tmp_path}/a.zip", "seed=3", "num_images=2")
-    zb = run(ckpt, None, f"zip={tmp_path}/b.zip", "seed=3", "num_images=2")
+    za = run(ckpt, None, f"zip={tmp_path}/a.zip", "seed=3", "num_images=2", "kaggle=false")
+    zb = run(ckpt, None, f"zip={tmp_path}/b.zip", "seed=3", "num_images=2", "kaggle=false")
     assert za.read_bytes() == zb.read_bytes()
 
 
@@ -198,12 +207,12 @@ def test_overwrite_guard(ckpt: Path, tmp_path: Path) -> None:
     assert sorted(after) == ["000000.png", "000001.png", RECORD, "notes.txt"]  # stale ones gone
     assert after["000000.png"] != before["000000.png"] and after["notes.txt"] == b"mine"
 
-    zip_path = run(ckpt, None, f"zip={tmp_path}/images.zip", "num_images=2")
+    zip_path = run(ckpt, None, f"zip={tmp_path}/images.zip", "num_images=2", "kaggle=false")
     zipped = zip_path.read_bytes()
     with pytest.raises(FileExistsError, match="overwrite=true"):
-        run(ckpt, None, f"zip={zip_path}", "num_images=3")
+        run(ckpt, None, f"zip={zip_path}", "num_images=3", "kaggle=false")
     assert zip_path.read_bytes() == zipped
-    run(ckpt, None, f"zip={zip_path}", "num_images=3", "overwrite=true")
+    run(ckpt, None, f"zip={zip_path}", "num_images=3", "overwrite=true", "kaggle=false")
     assert len(zipfile.ZipFile(zip_path).namelist()) == 3
 
 
@@ -301,7 +310,9 @@ def test_truncation_makes_the_images_and_is_recorded(ckpt: Path, tmp_path: Path)
         with Image.open(out / name) as image:
             assert json.loads(image.info["comment"])["truncation"] == 0.7
     assert json.loads((out / RECORD).read_text())["walk_seeds"] == [0, 1]
-    dest = run(ckpt, None, f"zip={tmp_path}/t.zip", "num_images=2", "truncation=0.7")
+    dest = run(
+        ckpt, None, f"zip={tmp_path}/t.zip", "num_images=2", "truncation=0.7", "kaggle=false"
+    )
     with zipfile.ZipFile(dest) as zf:
         assert json.loads(zf.comment)["truncation"] == 0.7
         assert zf.namelist() == ["000000.jpg", "000001.jpg"]
@@ -360,6 +371,44 @@ def test_bad_inputs_error_clearly(ckpt: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="format must be one of"):
         run(ckpt, tmp_path / "x", "format=gif")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_zip_kaggle_would_reject_is_refused_before_anything_is_written(
+    ckpt: Path, tmp_path: Path
+) -> None:
+    """zip= is Kaggle's submission layout: by default, a zip the competition rejects (not 7,000-
+    10,000 JPEGs of 256x256) is one message naming the fix, and no zip is written."""
+    dest = tmp_path / "images.zip"
+    with pytest.raises(UserError) as refused:
+        run(ckpt, None, f"zip={dest}")  # num_images=64, size=null: the model's 32 px
+    message = str(refused.value)
+    assert "64 images (it takes 7,000-10,000)" in message and "32x32 px" in message
+    assert "num_images=7000" in message and "size=256" in message and "kaggle=false" in message
+    with pytest.raises(UserError, match=r"png files \(it takes jpg\).*format=jpg"):
+        run(ckpt, None, f"zip={dest}", "num_images=7000", "size=256", "format=png")
+    assert not dest.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("num_images", "classes", "size", "refused"),
+    [(7000, None, 256, False), (10_000, None, 256, False), (6999, None, 256, True),
+     (10_001, None, 256, True), (7000, None, 128, True), (1000, [0, 1, 2, 3, 4, 5, 6], 256, False),
+     (1000, [0, 1], 256, True)],
+)  # fmt: skip
+def test_the_kaggle_check_takes_7000_to_10000_images_of_256_px(
+    num_images: int, classes: list[int] | None, size: int, refused: bool
+) -> None:
+    cfg = OmegaConf.create(
+        {"kaggle": True, "zip": "x.zip", "num_images": num_images, "size": size, "format": None}
+    )
+    generator = argparse.Namespace(image_size=64)
+    if refused:
+        with pytest.raises(UserError, match="Kaggle would reject"):
+            check_kaggle_zip(cfg, generator, classes)
+    else:
+        check_kaggle_zip(cfg, generator, classes)
+    cfg.kaggle = False
+    check_kaggle_zip(cfg, generator, classes)  # any zip
 
 
 def test_cli_writes_a_grid_and_nothing_else(ckpt: Path, tmp_path: Path) -> None:

@@ -19,9 +19,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import dcgan_lightning.models.gan_module as gan_module
+from dcgan_lightning import run_guard
 from dcgan_lightning.checkpoint_io import AtomicCheckpointIO, InsufficientDiskSpaceError
+from dcgan_lightning.compose import CONF_DIR
 from dcgan_lightning.divergence import DivergedError
-from dcgan_lightning.resume import resolve_ckpt_path, run_dir
+from dcgan_lightning.errors import UserError
+from dcgan_lightning.resume import hydra_subdir, resolve_ckpt_path, run_dir
 from dcgan_lightning.train import train
 from tests.conftest import REPO, compose_config, tiny
 
@@ -133,6 +136,61 @@ def test_ckpt_path_last_continues_in_the_checkpoints_run_dir(tmp_path: Path) -> 
     assert resolve_ckpt_path("last", runs / "old") == str(runs / "old/checkpoints/last.ckpt")
     with pytest.raises(FileNotFoundError, match=r"ckpt_path=last: no checkpoints/last\.ckpt under"):
         resolve_ckpt_path("last", tmp_path / "elsewhere" / "runs" / "x")
+    with pytest.raises(UserError, match=r"is a directory; pass a checkpoint file, e\.g\. .*last"):
+        resolve_ckpt_path(str(runs / "old"), runs / "new")
+
+
+def test_a_resume_keeps_the_first_runs_hydra_files(tmp_path: Path) -> None:
+    """Hydra writes `.hydra/` before the task runs: a resume (the run dir has checkpoints/) writes
+    its own into `.hydra/resume_<time>/`, so the first run's overrides stay its record."""
+    assert hydra_subdir(str(tmp_path), "2030-01-01_00-00-00") == ".hydra"
+    (tmp_path / "checkpoints").mkdir()
+    assert hydra_subdir(str(tmp_path), "2030-01-01_00-00-00") == ".hydra/resume_2030-01-01_00-00-00"
+
+
+def guard_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *overrides: str) -> Path:
+    """`RunGuard.on_run_start` as Hydra calls it for `python -m dcgan_lightning *overrides` in
+    `tmp_path`; the run dir it noted."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    monkeypatch.chdir(tmp_path)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    run_guard.RunGuard().on_run_start(cfg)
+    return Path(cfg.hydra.run.dir).absolute()
+
+
+def test_a_failed_start_leaves_no_run_dir_and_a_failed_resume_no_changed_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new run: Hydra creates outputs/shapes/runs/<time>/ with .hydra/ and train.log; all go.
+    new = guard_run(tmp_path, monkeypatch)
+    assert new.parent.parent.parent == tmp_path / "outputs" and not new.exists()
+    (new / ".hydra").mkdir(parents=True)
+    (new / ".hydra" / "overrides.yaml").write_text("[]")
+    (new / "train.log").write_text("an error\n")
+    run_guard.undo()
+    assert list(tmp_path.iterdir()) == []  # outputs/ too: it did not exist before
+
+    # A resume: its run's files come back as they were; what Hydra added goes.
+    run = tmp_path / "outputs" / "shapes" / "runs" / "first"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text("- model.loss=hinge\n")
+    (run / "train.log").write_text("epoch 0\n")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert guard_run(tmp_path, monkeypatch, f"ckpt_path={run}/checkpoints/last.ckpt") == run
+    (run / ".hydra" / "overrides.yaml").write_text("- ckpt_path=last\n")  # as Hydra 1.3 did
+    (run / ".hydra" / "resume_x").mkdir()
+    (run / ".hydra" / "resume_x" / "overrides.yaml").write_text("[]")
+    with open(run / "train.log", "a") as log:
+        log.write("[ERROR] - does not fit\n")
+    run_guard.undo()
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert not (run / ".hydra" / "resume_x").exists()
 
 
 # -- Ctrl-C and SIGTERM ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dcgan_lightning.errors import MissingFileError, UserValueError
 from dcgan_lightning.generation.noise import NOISES, draw_noise
 from dcgan_lightning.models.conditional import ConditionalGenerator
 from dcgan_lightning.models.generator import Generator
@@ -23,8 +24,9 @@ EMA_PREFIX = "ema_generator.module."
 RAW_PREFIX = "generator."
 
 
-class CheckpointError(ValueError):
-    """The file is not a checkpoint of a GAN trained by this project."""
+class CheckpointError(UserValueError):
+    """The file is not a checkpoint of a GAN trained by this project (a `UserError`: the command
+    line prints its message alone, exit status 2)."""
 
 
 class TrainedGenerator(nn.Module):
@@ -65,7 +67,10 @@ class TrainedGenerator(nn.Module):
             if wanted in (name, safe_name(name)) or (wanted.isdigit() and int(wanted) == i):
                 return i
         listed = ", ".join(f"{i}={name}" for i, name in enumerate(names))
-        raise ValueError(f"unknown label {label!r}: this generator's classes are {listed}")
+        raise UserValueError(
+            f"unknown label {label!r}: this generator's classes are {listed} (label= takes a "
+            "name or an index)"
+        )
 
     @property
     def device(self) -> torch.device:
@@ -97,8 +102,17 @@ def safe_name(name: str) -> str:
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint dict, with a clear error for a missing, foreign or non-checkpoint file."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.ckpt")) or sorted(path.glob("checkpoints/*.ckpt"))
+        raise MissingFileError(
+            f"ckpt_path={path} is a directory: pass a .ckpt file in it, e.g. "
+            f"{found[0] if found else path / 'checkpoints' / 'last.ckpt'}"
+        )
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingFileError(
+            f"checkpoint {path} does not exist: pass a .ckpt written by training (a run's "
+            "checkpoints/ folder, e.g. outputs/<task>/runs/<time>/checkpoints/last.ckpt)"
+        )
     if not zipfile.is_zipfile(path):  # what torch.save (and so Lightning) has written since 1.6
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a torch.save archive)")
     try:
