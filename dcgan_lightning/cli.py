@@ -207,6 +207,21 @@ def mark_task_started() -> None:
     _TASK_STARTED = True
 
 
+def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """A task function's body for an entry point: a user's mistake (`UserError`) is one message
+    and exit 2; anything else is a bug and keeps its traceback."""
+    from dcgan_lightning.errors import exit_with_message, user_error
+
+    mark_task_started()
+    try:
+        return task(cfg)
+    except Exception as err:
+        mistake = user_error(err)
+        if mistake is None:
+            raise
+        exit_with_message(mistake)
+
+
 def _overrides(argv: list[str]) -> list[str]:
     overrides, skip = [], False
     for arg in argv:

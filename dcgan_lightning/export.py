@@ -22,6 +22,7 @@ import yaml
 from omegaconf import DictConfig
 from PIL import Image
 
+from dcgan_lightning.cli import run_cli, run_task
 from dcgan_lightning.errors import UserError
 from dcgan_lightning.generation.hub import CONFIG, ONNX_GRAPH, WEIGHTS, is_hub_id, require
 from dcgan_lightning.generation.images import encode, grid, to_pil, to_uint8
@@ -29,6 +30,8 @@ from dcgan_lightning.generation.loading import TrainedGenerator, load_generator,
 from dcgan_lightning.resume import find_last
 
 log = logging.getLogger(__name__)
+
+CONFIG_PATH = "../conf"  # relative to this file
 
 FORMATS = ("safetensors", "onnx")
 SAMPLES = "samples.png"
@@ -340,18 +343,11 @@ def export(cfg: DictConfig) -> Path:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
 def main(cfg: DictConfig) -> None:
-    from dcgan_lightning.__main__ import exit_with_message, user_error
-
-    try:
-        export(cfg)
-    except Exception as err:
-        mistake = user_error(err)
-        if mistake is None:
-            raise
-        exit_with_message(mistake)
+    """Export; a mistake (a missing checkpoint, no Hub token) is one message, exit 2."""
+    run_task(export, cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "export", CONFIG_PATH)

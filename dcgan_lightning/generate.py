@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
-from dcgan_lightning.cli import mark_task_started, run_cli
-from dcgan_lightning.errors import UserError, UserValueError, exit_with_message, user_error
+from dcgan_lightning.cli import run_cli, run_task
+from dcgan_lightning.errors import UserError, UserValueError
 
 if TYPE_CHECKING:  # imported where used: `--help` and `--cfg job` load neither torch nor PIL
     import torch
@@ -356,14 +356,7 @@ def generate(cfg: DictConfig) -> Path:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="generate")
 def main(cfg: DictConfig) -> None:
     """Generate; a mistake (a missing checkpoint, an unknown label) is one message, exit 2."""
-    mark_task_started()
-    try:
-        generate(cfg)
-    except Exception as err:
-        mistake = user_error(err)
-        if mistake is None:
-            raise
-        exit_with_message(mistake)
+    run_task(generate, cfg)
 
 
 if __name__ == "__main__":
