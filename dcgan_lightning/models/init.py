@@ -11,6 +11,6 @@ def dcgan_init(module: nn.Module) -> None:
         nn.init.normal_(target, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
+    elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d) and module.affine:
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
