@@ -10,6 +10,7 @@ from torch import nn
 from dcgan_lightning.models.diffaugment import DiffAugment
 from dcgan_lightning.models.discriminator import Discriminator
 from dcgan_lightning.models.ema import EMA
+from dcgan_lightning.models.gan_module import GAN
 from dcgan_lightning.models.init import dcgan_init
 
 
@@ -173,6 +174,23 @@ def test_spectral_norm_keeps_each_weight_near_unit_norm() -> None:
         sigma = torch.linalg.matrix_norm(conv.weight.flatten(1), ord=2)
         assert abs(sigma.item() - 1.0) < 0.05
         assert conv.bias is not None  # no BatchNorm after it to stand in for one
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_spectral_norm_is_near_one_in_eval_mode_straight_after_the_init(conditional: bool) -> None:
+    """The DCGAN init re-draws the weights under spectral norm: its power-iteration vectors must
+    follow, or eval mode (no iteration) divides by the norm of weights long gone."""
+    torch.manual_seed(0)
+    opt = torch.optim.Adam
+    extra = {"num_classes": 3, "conditional": {}} if conditional else {}
+    gan = GAN(32, 3, {"features": 8}, {"features": 16, "spectral_norm": True}, opt, opt, **extra)
+    layers = [m for m in gan.discriminator.modules() if hasattr(m, "parametrizations")]
+    assert len(layers) == 4 + conditional  # 4 convs (and the projection's embedding)
+    gan.eval()
+    for layer in layers:
+        weight = layer.weight.detach()  # eval mode: the stored u and v, no iteration
+        sigma = torch.linalg.matrix_norm(weight.flatten(1) if weight.dim() > 2 else weight, ord=2)
+        assert abs(sigma.item() - 1.0) < 0.05, (type(layer).__name__, sigma.item())
 
 
 def test_only_convs_without_batchnorm_have_biases() -> None:
