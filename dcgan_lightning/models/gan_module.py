@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torch.optim import Optimizer
 
@@ -274,10 +275,15 @@ class GAN(LightningModule):
             checkpoint["classes"] = self.labels.describe()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "rng_states" in checkpoint:
+        # The run's RNG states only for a Trainer resuming the fit: `load_from_checkpoint` (no
+        # trainer) or `validate(ckpt_path=...)` leaves the caller's streams alone.
+        if self._resuming_fit() and "rng_states" in checkpoint:
             restore_rng_states(checkpoint["rng_states"], self.global_rank, self._world_size())
         if self.labels is not None and "classes" in checkpoint:
             self.labels.names = list(checkpoint["classes"]["names"])
+
+    def _resuming_fit(self) -> bool:
+        return self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
 
     def _world_size(self) -> int:
         return self.trainer.world_size if self._trainer is not None else 1
