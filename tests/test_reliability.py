@@ -137,9 +137,9 @@ def test_resume_applies_new_optimizer_and_training_settings_and_logs_each(
     changes += ["model.loss=hinge", "model.d_steps_per_g_step=2"]
     with caplog.at_level("INFO", logger="dcgan_lightning.models.resume_settings"):
         train(run_cfg(run, "ckpt_path=last", *changes, epochs=2))
-    # Epoch 2: 4 batches, 4 D steps and 2 G steps, with the new settings.
+    # Epoch 2: 2 batches, so 2 D steps and 1 G step, all with the new settings.
     assert sorted(set(stepped)) == [(1e-5, (0.5, 0.999)), (2e-4, (0.0, 0.99))]
-    assert len(stepped) == 6
+    assert len(stepped) == 3
     groups = [
         s["param_groups"][0] for s in load(run / "checkpoints" / "last.ckpt")["optimizer_states"]
     ]
