@@ -56,6 +56,7 @@ class GANDDPStrategy(DDPStrategy):
             "G": self._wrap(module.generator, **_NO_FORWARD_BUFFER_SYNC),
             "D": self._wrap(module.discriminator, **_NO_FORWARD_BUFFER_SYNC),
         }
+        broadcast_ema(module)
 
     def _wrap(self, net: nn.Module, **overrides: Any) -> DistributedDataParallel:
         device_ids = self.determine_ddp_device_ids()
@@ -78,9 +79,7 @@ def sync_buffers(module: nn.Module) -> None:
     spectral-norm vectors) and its fixed sample noise: samples and metrics on every rank then come
     from the model rank 0 checkpoints. Collective under DDP (every rank calls it); a no-op in one
     process."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return
-    if torch.distributed.get_world_size() == 1:
+    if not _distributed():
         return
     nets = [module.generator, module.discriminator, module.ema_generator]
     buffers = [module.fixed_noise, *(b for net in nets if net is not None for b in net.buffers())]
@@ -88,3 +87,25 @@ def sync_buffers(module: nn.Module) -> None:
         torch.distributed._broadcast_coalesced(
             torch.distributed.group.WORLD, buffers, 256 * 2**20, 0
         )
+
+
+def broadcast_ema(module: nn.Module) -> None:
+    """Give every rank rank 0's EMA generator (weights, buffers, update count), as the DDP
+    wrappers give them rank 0's G and D. Without a seed, ranks started by torchrun, SLURM or
+    `popen` each build their own random weights, and each EMA copied its own G. A fresh run's
+    rank-0 EMA is its G, now everyone's; a resumed one's is the checkpoint's on every rank
+    already. Collective under DDP; a no-op in one process or without an EMA."""
+    ema = getattr(module, "ema_generator", None)
+    if ema is None or not _distributed():
+        return
+    tensors = [*ema.parameters(), *ema.buffers()]
+    torch.distributed._broadcast_coalesced(torch.distributed.group.WORLD, tensors, 256 * 2**20, 0)
+    ema._updates = int(ema.n_averaged)  # the host copy of the count, as after loading a state
+
+
+def _distributed() -> bool:
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )

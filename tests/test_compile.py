@@ -56,6 +56,7 @@ class RecordingLogger:
 def fit(report: CompileReport, compile_value: object) -> tuple[SimpleNamespace, RecordingLogger]:
     logger = RecordingLogger()
     trainer = SimpleNamespace(is_global_zero=True, current_epoch=0, global_step=0, loggers=[logger])
+    trainer.fit_loop = SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=0))
     report.on_fit_start(trainer, SimpleNamespace(hparams=AttributeDict(compile=compile_value)))
     return trainer, logger
 
@@ -68,16 +69,19 @@ def test_compile_report_logs_the_run_s_graphs_when_their_count_grows(caplog) -> 
     trainer, logger = fit(report, "default")
     with caplog.at_level(logging.INFO, logger="dcgan_lightning.callbacks.compiles"):
         net(torch.zeros(3, 2))  # a new batch size: a recompile
-        trainer.global_step = 8
+        trainer.global_step, trainer.fit_loop.epoch_loop._batches_that_stepped = 8, 4
         report.on_train_epoch_end(trainer, None)
         trainer.current_epoch, trainer.global_step = 1, 16
+        trainer.fit_loop.epoch_loop._batches_that_stepped = 8
         net(torch.zeros(5, 2))  # dynamic now: no new graph
         report.on_train_epoch_end(trainer, None)
         net.train(False)  # a guard on the mode: another graph
         net(torch.zeros(5, 2))
         trainer.current_epoch, trainer.global_step = 2, 24
+        trainer.fit_loop.epoch_loop._batches_that_stepped = 12
         report.on_train_epoch_end(trainer, None)
-    assert logger.rows == [({"train/compiled_graphs": 1}, 8), ({"train/compiled_graphs": 2}, 24)]
+    # On the batch axis, at the step of the epoch's `train/*_epoch` values (its last batch's).
+    assert logger.rows == [({"train/compiled_graphs": 1}, 3), ({"train/compiled_graphs": 2}, 11)]
     messages = [r.getMessage() for r in caplog.records if r.name.endswith("compiles")]
     assert len(messages) == 2
     assert "1 graphs compiled in this run by the end of epoch 0 (1 new)" in messages[0]

@@ -176,6 +176,35 @@ def test_a_fixed_z_gives_other_images_for_other_labels(conditioning: str) -> Non
     assert scale > 0 and all((images[i] - images[i + 1]).abs().max() > 0.05 * scale for i in (0, 1))
 
 
+def test_conditional_batchnorm_survives_the_sync_batchnorm_conversion() -> None:
+    """`trainer.sync_batchnorm=true`: Lightning converts every BatchNorm to SyncBatchNorm. The
+    statistics are then synced, but each class keeps its own scale and shift."""
+    gan = conditional_gan(generator="cbn")
+    torch.nn.init.normal_(gan.generator.main[0].shift.weight)
+    torch.nn.init.normal_(gan.generator.main[0].scale.weight, 1.0, 0.5)
+    g = torch.nn.SyncBatchNorm.convert_sync_batchnorm(gan.generator).eval()
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in g.modules())
+    z = torch.randn(1, 8).expand(3, 8)
+    images = g(z, torch.arange(3))
+    scale = images.abs().max()
+    assert scale > 0 and all((images[i] - images[i + 1]).abs().max() > 0.05 * scale for i in (0, 1))
+    g.train()  # (SyncBatchNorm without a process group normalises as BatchNorm does)
+    g(torch.randn(4, 8), torch.tensor([0, 1, 2, 0])).square().mean().backward()
+    embeddings = [m for m in g.modules() if isinstance(m, torch.nn.Embedding)]
+    assert embeddings and all(e.weight.grad is not None for e in embeddings)
+    assert all(e.weight.grad.abs().sum() > 0 for e in embeddings)
+
+
+def test_conditional_batchnorm_loads_checkpoints_of_its_old_layout() -> None:
+    """Before the normalisation moved to a child BatchNorm its statistics sat on the layer."""
+    new = conditional_gan(generator="cbn").generator
+    old = {k.replace(".norm.", "."): v for k, v in new.state_dict().items()}
+    assert old.keys() != new.state_dict().keys()
+    old["main.0.running_mean"] = torch.full_like(old["main.0.running_mean"], 0.5)
+    new.load_state_dict(old)
+    assert torch.equal(new.main[0].norm.running_mean, old["main.0.running_mean"])
+
+
 def test_projection_d_output_changes_with_y() -> None:
     d = conditional_gan().discriminator.eval()
     x = torch.randn(1, 3, 32, 32).expand(3, -1, -1, -1)

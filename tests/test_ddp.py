@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -22,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dcgan_lightning.models.gan_module import GAN
 from dcgan_lightning.strategy import GANDDPStrategy
 from dcgan_lightning.train import train
-from tests.conftest import requires_cuda
+from tests.conftest import REPO, requires_cuda
 
 BATCHES = 6  # per rank: 12 optimizer steps
 
@@ -133,6 +136,58 @@ def test_ddp_sim_two_ranks_stay_in_sync(make_cfg, tmp_path) -> None:
     model.load_state_dict(state["state_dict"])
     for name, p in r0["final"].items():
         assert torch.equal(model.get_parameter(name), p)
+
+
+class RecordEMA(Callback):
+    """Each rank saves to `dirpath/ema_rank<r>.pt` its G and EMA generator when training starts
+    (after DDP's broadcast) and ends. Module level: the ranks import it by name."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = self.nets(pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        record = {"start": self.start, "end": self.nets(pl_module)}
+        torch.save(record, self.dirpath / f"ema_rank{trainer.global_rank}.pt")
+
+    @staticmethod
+    def nets(pl_module: pl.LightningModule) -> dict[str, dict[str, torch.Tensor]]:
+        return {
+            "G": {n: p.detach().clone() for n, p in pl_module.generator.named_parameters()},
+            "EMA": {
+                n: p.detach().clone() for n, p in pl_module.ema_generator.module.named_parameters()
+            },
+        }
+
+
+@pytest.mark.slow
+def test_popen_ranks_without_a_seed_start_one_ema_from_the_broadcast_weights(tmp_path) -> None:
+    """seed=null and ranks started as torchrun/SLURM would (`popen`: each rank runs the command
+    line, so each builds its own random weights): DDP broadcasts rank 0's G and D, and the EMA
+    generator must start from those on every rank too."""
+    overrides = [
+        "trainer=ddp_sim", "trainer.strategy.start_method=popen", "seed=null", "logger=csv",
+        "metrics=none", "model.ema={decay:0.9,start_step:0}", "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2", "data.num_images=64", "data.batch_size=16",
+        "model.generator.features=8", "model.discriminator.features=8",
+        "model.num_fixed_samples=16", "~callbacks.progress_bar",
+        f"+callbacks.record_ema={{_target_:{__name__}.RecordEMA,dirpath:'{tmp_path}'}}",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dcgan_lightning", *overrides],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"ema_rank{r}.pt") for r in (0, 1))
+    for name, p in r0["start"]["G"].items():
+        assert torch.equal(p, r1["start"]["G"][name]), name  # DDP's broadcast
+        assert torch.equal(r0["start"]["EMA"][name], p), f"rank 0's EMA {name}"  # G's...
+        assert torch.equal(r1["start"]["EMA"][name], p), f"rank 1's EMA {name}"  # ...everywhere
+    for name, p in r0["end"]["EMA"].items():
+        assert torch.equal(p, r1["end"]["EMA"][name]), name
 
 
 class RecordWrapping(Callback):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from collections import namedtuple
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException, InstantiationException
@@ -117,6 +119,59 @@ def test_resume_without_saved_rng_states_is_not_exact(
     a = load(two_epoch_run / "checkpoints" / "last.ckpt")["state_dict"]
     b = load(ckpt)["state_dict"]
     assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_applies_new_optimizer_and_training_settings_and_logs_each(
+    one_epoch_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch
+) -> None:
+    """Lightning restores the optimizers' param_groups (lr, betas) from the checkpoint: the
+    command line's must win, and every changed setting is named in the log."""
+    run = copy_run(one_epoch_run, tmp_path)
+    stepped: list[tuple[float, tuple[float, float]]] = []
+    original = gan_module.GAN.on_before_optimizer_step
+
+    def record(self, optimizer) -> None:
+        group = optimizer.param_groups[0]
+        stepped.append((group["lr"], tuple(group["betas"])))
+        original(self, optimizer)
+
+    monkeypatch.setattr(gan_module.GAN, "on_before_optimizer_step", record)
+    changes = ["model.optimizer_g.lr=1e-5", "model.optimizer_d.betas=[0.0,0.99]"]
+    changes += ["model.loss=hinge", "model.d_steps_per_g_step=2"]
+    with caplog.at_level("INFO", logger="dcgan_lightning.models.resume_settings"):
+        train(run_cfg(run, "ckpt_path=last", *changes, epochs=2))
+    # Epoch 2: 2 batches, so 2 D steps and 1 G step, all with the new settings.
+    assert sorted(set(stepped)) == [(1e-5, (0.5, 0.999)), (2e-4, (0.0, 0.99))]
+    assert len(stepped) == 3
+    groups = [
+        s["param_groups"][0] for s in load(run / "checkpoints" / "last.ckpt")["optimizer_states"]
+    ]
+    assert (groups[0]["lr"], groups[1]["betas"]) == (1e-5, (0.0, 0.99))
+    text = caplog.text
+    assert "optimizer_g lr 0.0002 -> 1e-05" in text
+    assert "optimizer_d betas (0.5, 0.999) -> (0.0, 0.99)" in text
+    assert "model.loss 'bce' -> 'hinge'" in text and "model.d_steps_per_g_step 1 -> 2" in text
+    assert "optimizer_d lr" not in text and "model.diffaugment" not in text  # unchanged
+
+
+def test_load_from_checkpoint_leaves_the_callers_random_state(one_epoch_run: Path) -> None:
+    """The checkpoint's RNG states are for a resumed fit, not for a notebook loading weights:
+    after loading, the caller's streams are where building the same model leaves them."""
+    path = one_epoch_run / "checkpoints" / "last.ckpt"
+    ckpt = load(path)
+    assert "rng_states" in ckpt
+
+    def states() -> tuple:
+        return random.getstate(), np.random.get_state()[1].tolist(), torch.get_rng_state()
+
+    random.seed(123), np.random.seed(123), torch.manual_seed(123)
+    gan_module.GAN(**ckpt["hyper_parameters"], optimizer_g=None, optimizer_d=None)
+    built = states()  # the weights' init draws from torch's stream
+    random.seed(123), np.random.seed(123), torch.manual_seed(123)
+    gan_module.GAN.load_from_checkpoint(path, optimizer_g=None, optimizer_d=None)
+    loaded = states()
+    assert loaded[:2] == built[:2]
+    assert torch.equal(loaded[2], built[2])
 
 
 def test_ckpt_path_last_continues_in_the_checkpoints_run_dir(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from torch import nn
 from dcgan_lightning.models.diffaugment import DiffAugment
 from dcgan_lightning.models.discriminator import Discriminator
 from dcgan_lightning.models.ema import EMA
+from dcgan_lightning.models.gan_module import GAN
 from dcgan_lightning.models.init import dcgan_init
 
 
@@ -108,9 +109,10 @@ def test_ema_tracks_the_generator_exactly_before_its_start_step(make_cfg) -> Non
         assert torch.equal(p_ema, p)
 
 
-def test_ema_rampup_holds_a_horizon_of_rampup_times_the_updates_then_decay() -> None:
+def test_ema_rampup_holds_a_half_life_of_rampup_times_the_updates_then_decay() -> None:
     g = nn.Linear(1, 1, bias=False)
-    ema = EMA(g, decay=0.9, rampup=0.25)  # horizon 0.25 x n, at most 1 / (1 - 0.9) = 10
+    # Half-life 0.25 x n updates, at most ln(0.5) / ln(0.9) = 6.58: beta_n = min(0.9, 0.5 ** (4/n)).
+    ema = EMA(g, decay=0.9, rampup=0.25)
     decays, weights = [], []
     for step in range(60):
         with torch.no_grad():
@@ -118,10 +120,12 @@ def test_ema_rampup_holds_a_horizon_of_rampup_times_the_updates_then_decay() -> 
         decays.append(ema.current_decay())
         ema.update(g, step)
         weights.append(ema.module.weight.item())
-    assert decays[:4] == [0.0] * 4 and weights[:4] == [0.0, 1.0, 2.0, 3.0]  # 0.25 x n <= 1: copies
-    assert decays[7] == pytest.approx(0.5)  # 8th update: a horizon of 2
-    assert weights[7] == pytest.approx(0.5 * weights[6] + 0.5 * 7.0)
-    assert decays[39:] == [pytest.approx(0.9)] * 21  # from 40 updates on: the configured decay
+    assert decays[0] == 0.0 and weights[0] == 0.0  # the first update copies G
+    assert decays[1] == pytest.approx(0.0625)  # 0.5 ** 4
+    assert decays[4] == pytest.approx(0.5) and decays[8] == pytest.approx(0.70710678)
+    assert weights[8] == pytest.approx(0.70710678 * weights[7] + 0.29289322 * 8.0)
+    assert decays[26] == pytest.approx(0.89885097)  # 0.5 ** (4 / 26): the last below 0.9
+    assert decays[27:] == [pytest.approx(0.9)] * 33  # from 27 updates on: the configured decay
     assert weights[-1] == pytest.approx(0.9 * weights[-2] + 0.1 * 59.0)
     # Resumed, the count goes on where it was: the next decay is the one the run would have used.
     resumed = EMA(g, decay=0.9, rampup=0.25)
@@ -135,11 +139,30 @@ def test_ema_rampup_holds_a_horizon_of_rampup_times_the_updates_then_decay() -> 
         EMA(g, decay=0.9, rampup=0)
 
 
+def test_ema_rampup_is_stylegan2_ada_s_half_life_rule() -> None:
+    """StyleGAN2-ADA (training/training_loop.py): half-life h = min(ema_kimg x 1000, ema_rampup x
+    cur_nimg) images, beta = 0.5 ** (batch / max(h, 1e-8)), cur_nimg the images seen before the
+    update. Its numbers for batch 64, ema_kimg 20, ema_rampup 0.05, worked out by hand:
+    - full half-life 20,000 images = 312.5 batches: beta = 0.5 ** (1 / 312.5) = 0.99778438712;
+    - after 1 batch: h = 0.05 x 64 = 3.2 images = 1/20 batch: beta = 0.5 ** 20 = 9.5367431640625e-7;
+    - after 100: h = 0.05 x 6,400 = 320 images = 5 batches: beta = 0.5 ** (1/5) = 0.87055056330;
+    - after 400: h = 0.05 x 25,600 = 1,280 images = 20 batches: 0.5 ** (1/20) = 0.96593632892;
+    - after 6,250: h = 0.05 x 400,000 = 20,000 images, the cap: 0.99778438712 from there on.
+    Here `decay` is the per-update beta at the full half-life: 0.5 ** (1 / 312.5)."""
+    ema = EMA(nn.Linear(1, 1), decay=0.99778438712, rampup=0.05)
+    expected = {0: 0.0, 1: 9.5367431640625e-7, 100: 0.87055056330, 400: 0.96593632892}
+    # 6,249: h = 19,996.8 images, just under the cap: 0.5 ** (64 / 19,996.8) = 0.99778403296.
+    expected |= {6249: 0.99778403296, 6250: 0.99778438712, 10000: 0.99778438712}
+    for updates, beta in expected.items():
+        ema._updates = updates
+        assert ema.current_decay() == pytest.approx(beta, rel=1e-8, abs=1e-15), updates
+
+
 def test_ema_rampup_comes_from_the_model_config(make_cfg) -> None:
     cfg = make_cfg("+model.ema={decay:0.99,start_step:0,rampup:0.05}")
     model = instantiate(cfg.model, image_size=cfg.data.image_size, channels=cfg.data.channels)
     assert (model.ema_generator.decay, model.ema_generator.rampup) == (0.99, 0.05)
-    assert model.ema_generator.current_decay() == 0.0  # the first 20 updates copy G
+    assert model.ema_generator.current_decay() == 0.0  # the first update copies G
 
 
 def test_ema_is_saved_in_checkpoints(make_cfg) -> None:
@@ -173,6 +196,23 @@ def test_spectral_norm_keeps_each_weight_near_unit_norm() -> None:
         sigma = torch.linalg.matrix_norm(conv.weight.flatten(1), ord=2)
         assert abs(sigma.item() - 1.0) < 0.05
         assert conv.bias is not None  # no BatchNorm after it to stand in for one
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_spectral_norm_is_near_one_in_eval_mode_straight_after_the_init(conditional: bool) -> None:
+    """The DCGAN init re-draws the weights under spectral norm: its power-iteration vectors must
+    follow, or eval mode (no iteration) divides by the norm of weights long gone."""
+    torch.manual_seed(0)
+    opt = torch.optim.Adam
+    extra = {"num_classes": 3, "conditional": {}} if conditional else {}
+    gan = GAN(32, 3, {"features": 8}, {"features": 16, "spectral_norm": True}, opt, opt, **extra)
+    layers = [m for m in gan.discriminator.modules() if hasattr(m, "parametrizations")]
+    assert len(layers) == 4 + conditional  # 4 convs (and the projection's embedding)
+    gan.eval()
+    for layer in layers:
+        weight = layer.weight.detach()  # eval mode: the stored u and v, no iteration
+        sigma = torch.linalg.matrix_norm(weight.flatten(1) if weight.dim() > 2 else weight, ord=2)
+        assert abs(sigma.item() - 1.0) < 0.05, (type(layer).__name__, sigma.item())
 
 
 def test_only_convs_without_batchnorm_have_biases() -> None:

@@ -54,6 +54,9 @@ class CompileReport(Callback):
                 trainer.current_epoch,
                 graphs - self.reported,
             )
+            # The batch axis of the other train logs (global_step counts 2 a batch), at the step
+            # Lightning logs this epoch's `train/*_epoch` values at: its last batch's.
+            batch = trainer.fit_loop.epoch_loop._batches_that_stepped - 1
             for logger in trainer.loggers:
-                logger.log_metrics({"train/compiled_graphs": graphs}, step=trainer.global_step)
+                logger.log_metrics({"train/compiled_graphs": graphs}, step=batch)
         self.reported = graphs

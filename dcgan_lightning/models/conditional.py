@@ -8,9 +8,10 @@ D(x, y) = psi(phi(x)) + <embed(y), phi(x)>, phi(x) the 4x4 features summed over 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from dcgan_lightning.models.discriminator import Discriminator
@@ -19,24 +20,38 @@ from dcgan_lightning.models.generator import Generator
 CONDITIONINGS = ("cbn", "concat")
 
 
-class ConditionalBatchNorm2d(_BatchNorm):
-    """BatchNorm without affine, then a per-class scale (init 1) and shift (init 0). Not an
-    `nn.BatchNorm2d`, so the DCGAN init leaves its embeddings as set here."""
+class ConditionalBatchNorm2d(nn.Module):
+    """An affine-free BatchNorm child, then a per-class scale (init 1) and shift (init 0).
+
+    The normalisation is a child `nn.BatchNorm2d(affine=False)`, not this layer itself: Lightning's
+    `trainer.sync_batchnorm` (`SyncBatchNorm.convert_sync_batchnorm`) swaps that child for a
+    `SyncBatchNorm` (statistics over every rank) and leaves the class affine here. The DCGAN init
+    has no affine weight to draw on the child, and leaves the embeddings as set here."""
 
     def __init__(self, num_features: int, num_classes: int) -> None:
-        super().__init__(num_features, affine=False)
+        super().__init__()
+        self.norm = nn.BatchNorm2d(num_features, affine=False)
         self.scale = nn.Embedding(num_classes, num_features)
         self.shift = nn.Embedding(num_classes, num_features)
         nn.init.ones_(self.scale.weight)
         nn.init.zeros_(self.shift.weight)
+        self._register_load_state_dict_pre_hook(_statistics_to_child)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.scale(y)[:, :, None, None], self.shift(y)[:, :, None, None]
-        return super().forward(x) * scale + shift
-
-    def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() != 4:
             raise ValueError(f"expected a 4D input, got {x.dim()}D")
+        scale, shift = self.scale(y)[:, :, None, None], self.shift(y)[:, :, None, None]
+        return self.norm(x) * scale + shift
+
+
+_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _statistics_to_child(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Checkpoints from before the child BatchNorm keep its statistics on the layer: move them."""
+    for name in _STATISTICS:
+        if prefix + name in state_dict:
+            state_dict[f"{prefix}norm.{name}"] = state_dict.pop(prefix + name)
 
 
 class ConditionalGenerator(Generator):

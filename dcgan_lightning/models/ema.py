@@ -21,9 +21,13 @@ class EMA(nn.Module):
     BatchNorm statistics are copied, not averaged: averaged ones lag ~1/(1-decay) steps behind the
     weights, and the EMA generator draws flat grey images until they catch up.
 
-    `rampup` (StyleGAN2-ADA's ema_rampup, 0.05 there): the average's horizon, 1/(1 - decay)
-    updates, is at most `rampup` x the updates so far, so that early in a run, when G improves
-    fastest, the average does not hold on to the much worse G of 1/(1 - decay) steps ago.
+    `rampup` is StyleGAN2-ADA's `ema_rampup` (0.05 there): the average's half-life, in updates,
+    is at most `rampup` x the updates so far, so that early in a run, when G improves fastest, the
+    average does not hold on to a much worse G. ADA states the rule in images (half-life
+    min(ema_kimg x 1000, rampup x images seen), beta = 0.5 ** (batch / half-life)); images per
+    update cancel, leaving beta = min(decay, 0.5 ** (1 / (rampup x updates so far))), where
+    `decay` is the beta of the full half-life, ln(0.5) / ln(decay) updates (ADA's ema_kimg x 1000
+    / batch: decay 0.99 is a half-life of 69 updates). The first update copies G.
     """
 
     def __init__(
@@ -33,7 +37,7 @@ class EMA(nn.Module):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"model.ema.decay must be in [0, 1), got {decay}")
         if rampup is not None and rampup <= 0:
-            raise ValueError(f"model.ema.rampup (horizon / updates) must be > 0, got {rampup}")
+            raise ValueError(f"model.ema.rampup (half-life / updates) must be > 0, got {rampup}")
         self.decay, self.start_step, self.rampup = decay, start_step, rampup
         self.module = copy.deepcopy(source).requires_grad_(False)
         self.register_buffer("n_averaged", torch.tensor(0, dtype=torch.long))
@@ -41,10 +45,12 @@ class EMA(nn.Module):
         self.register_load_state_dict_post_hook(_sync_update_count)
 
     def current_decay(self) -> float:
-        """The decay of the next update: `decay`, or less while `rampup` x updates is shorter."""
+        """The decay of the next update: `decay`, or less while `rampup` x the updates before it
+        is shorter than its half-life."""
         if self.rampup is None:
             return self.decay
-        return min(self.decay, max(0.0, 1.0 - 1.0 / (self.rampup * (self._updates + 1))))
+        half_life = self.rampup * self._updates  # in updates; ADA's max(., 1e-8) in images
+        return min(self.decay, 0.5 ** (1.0 / half_life)) if half_life > 1e-8 else 0.0
 
     @torch.no_grad()
     def update(self, source: nn.Module, global_step: int) -> None:

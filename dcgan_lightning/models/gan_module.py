@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torch.optim import Optimizer
 
@@ -23,6 +24,7 @@ from dcgan_lightning.models.ema import EMA
 from dcgan_lightning.models.generator import Generator
 from dcgan_lightning.models.init import dcgan_init
 from dcgan_lightning.models.losses import LOSSES, d_outputs, discriminator_loss, generator_loss
+from dcgan_lightning.models.resume_settings import apply_on_resume
 from dcgan_lightning.models.train_logs import TrainLogs
 from dcgan_lightning.rng import gather_rng_states, keyed_generator, restore_rng_states, seed_rank
 from dcgan_lightning.strategy import sync_buffers
@@ -105,6 +107,7 @@ class GAN(LightningModule):
         self.run_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
         # The modules the training step calls: DDP wrappers under `GANDDPStrategy`, else themselves.
         self.train_nets: dict[str, nn.Module] = {"G": self.generator, "D": self.discriminator}
+        self.resumed_hparams: dict[str, Any] | None = None  # a resumed fit: the checkpoint's
 
     # -- noise ---------------------------------------------------------------------------------
     def sample_noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -228,6 +231,12 @@ class GAN(LightningModule):
             # whichever hook first reads callback_metrics (a hang if that runs on rank 0 only).
             self.log_dict(epoch, on_step=False, on_epoch=True)
 
+    def on_train_start(self) -> None:
+        if self.resumed_hparams is not None:  # the command line's settings, each change logged
+            optimizers = dict(zip(("optimizer_g", "optimizer_d"), self.trainer.optimizers))
+            apply_on_resume(self.resumed_hparams, self.hparams, optimizers, self.global_rank == 0)
+            self.resumed_hparams = None
+
     def on_train_epoch_end(self) -> None:
         sync_buffers(self)
 
@@ -274,10 +283,17 @@ class GAN(LightningModule):
             checkpoint["classes"] = self.labels.describe()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "rng_states" in checkpoint:
+        # The run's RNG states only for a Trainer resuming the fit: `load_from_checkpoint` (no
+        # trainer) or `validate(ckpt_path=...)` leaves the caller's streams alone.
+        if self._resuming_fit() and "rng_states" in checkpoint:
             restore_rng_states(checkpoint["rng_states"], self.global_rank, self._world_size())
+        if self._resuming_fit():  # compared once the optimizers are restored: `on_train_start`
+            self.resumed_hparams = checkpoint.get("hyper_parameters", {})
         if self.labels is not None and "classes" in checkpoint:
             self.labels.names = list(checkpoint["classes"]["names"])
+
+    def _resuming_fit(self) -> bool:
+        return self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
 
     def _world_size(self) -> int:
         return self.trainer.world_size if self._trainer is not None else 1
