@@ -193,6 +193,7 @@ def test_each_mistake_has_one_message(sets, monkeypatch) -> None:
         hub(pq)
 
 
+@pytest.mark.slow
 def test_trains_from_parquet_with_a_holdout(sets, make_cfg) -> None:
     cfg = make_cfg("data=hub", f"data.name={sets['parquet']}", "data.image_column=picture",
                    "data.image_size=32", "data.holdout=8", "logger=csv")  # fmt: skip

@@ -104,6 +104,9 @@ class _RowImage:
     def __init__(self, table: Any, column: str, row: int) -> None:
         self.table, self.column, self.row = table, column, row
 
+    def __repr__(self) -> str:
+        return f"row {self.row}"
+
     def read(self, size: int = -1) -> bytes:
         cell = self.table[self.row][self.column]  # {"bytes": ..., "path": ...}
         if cell is None:
@@ -311,10 +314,6 @@ class HubDataModule(ImageDataModule):
         if len(images):
             entry = cache.store(key, entry, self.cache_dir)
         return entry
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Ranks started by pickling (ddp_spawn) reload the dataset from the local cache."""
-        return self.__dict__ | {"_dataset": None}
 
 
 def _plain(value: Any) -> Any:
