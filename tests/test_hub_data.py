@@ -213,3 +213,20 @@ def test_trains_a_conditional_model_from_an_image_folder(sets, make_cfg) -> None
     saved = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["classes"] == {"names": ["dog", "wild"], "counts": [PER_CLASS, PER_CLASS]}
     assert saved["hyper_parameters"]["num_classes"] == 2
+
+
+def test_an_experiment_for_an_image_folder_runs_on_hub_data(sets, make_cfg) -> None:
+    """`+experiment=animals data=hub`: the experiment's size, batch and flips stay; where its
+    image folder lives (root, folder, kaggle) means nothing here."""
+    from hydra.utils import instantiate
+
+    cfg = make_cfg("+experiment=animals", "data=hub", f"data.name={sets['folder']}", shrink=False)
+    assert cfg.data.kaggle.handle  # the experiment's, merged into data=hub's settings
+    module = instantiate(cfg.data)
+    assert (module.image_size, module.batch_size, module.flip) == (64, 128, True)
+    assert module.name == str(sets["folder"].resolve())
+    cfg = make_cfg("+experiment=artists", "data=hub", f"data.name={sets['folder']}",
+                   "+data.classes=[dog]", shrink=False)  # fmt: skip
+    with pytest.raises(Exception, match=r"data.classes is an image folder's setting: with "
+                       r"data=hub use data.filter=\{LABEL_COLUMN: \[...\]\}"):  # fmt: skip
+        instantiate(cfg.data)

@@ -116,6 +116,24 @@ class _RowImage:
         return Path(cell["path"]).read_bytes()  # an image folder read in place
 
 
+# Where an experiment written for an image folder finds its files: `+experiment=monet data=hub`
+# keeps the experiment's other settings (size, batch, flips) and these mean nothing here.
+FOLDER_SETTINGS = ("root", "folder", "kaggle", "download", "crop")
+# Image-folder settings that pick classes: data=hub picks them with `filter`.
+FOLDER_CLASSES = {"classes": "data.filter={LABEL_COLUMN: [...]}", "attribute": "data.label_column"}
+
+
+def drop_folder_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` without an image folder's settings (logged when set); refuses its class pickers."""
+    for key, instead in FOLDER_CLASSES.items():
+        if kwargs.pop(key, None) is not None:
+            raise UserError(f"data.{key} is an image folder's setting: with data=hub use {instead}")
+    ignored = [key for key in FOLDER_SETTINGS if kwargs.pop(key, None) is not None]
+    if ignored:
+        log.info("data=hub ignores the image folder's %s", ", ".join(f"data.{k}" for k in ignored))
+    return kwargs
+
+
 class HubDataModule(ImageDataModule):
     """The images of `split` of the dataset `name`, resized and centre cropped as an image
     folder's; with `labels=True`, each row's `label_column` as its class.
@@ -145,7 +163,7 @@ class HubDataModule(ImageDataModule):
         cache_dir: str | Path | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**drop_folder_settings(kwargs))
         if max_images is not None and max_images <= 0:
             raise ValueError(f"max_images must be positive or null, got {max_images}")
         local = Path(name).expanduser()
