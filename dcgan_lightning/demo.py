@@ -191,7 +191,14 @@ def build_app(explorer: Explorer, seed: int) -> Any:
         download = gr.DownloadButton("Download what is shown (zip)", elem_id="download")
         inputs = [seed_box, seed_b, psi] + ([label] if label is not None else [])
         outputs = [board, walk, download]
-        show = dict(fn=explorer.show, inputs=inputs, outputs=outputs)
+
+        def render_page(*values: Any) -> tuple[Image.Image, Image.Image, str]:
+            try:
+                return explorer.show(*values)
+            except UserError as error:  # shown on the page, not only in the server's log
+                raise gr.Error(str(error)) from None
+
+        show = dict(fn=render_page, inputs=inputs, outputs=outputs)
         app.load(**show, api_name="show")
         for control in (seed_box, seed_b) + ((label,) if label is not None else ()):
             control.change(**show, api_visibility="private")

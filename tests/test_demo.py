@@ -172,6 +172,8 @@ def test_api_new_seed_and_class_change_the_images(app: Any, tmp_path: Path) -> N
     assert np.abs(pixels(other_class[0]) - grid).mean() > 1
     assert np.abs(pixels(other_class[1]) - pixels(first[1])).mean() > 1  # the strip too
     assert zipfile.is_zipfile(first[2])
+    with pytest.raises(Exception, match="horse"):  # refused, with a message naming it
+        client.predict(0, 1, 0, "horse", api_name="/show")
 
 
 # -- the page, in a real browser ------------------------------------------------------------------
