@@ -205,8 +205,8 @@ def test_trains_from_parquet_with_a_holdout(sets, make_cfg) -> None:
 
 
 def test_trains_a_conditional_model_from_an_image_folder(sets, make_cfg) -> None:
-    cfg = make_cfg("model=cdcgan", "data=hub", f"data.name={sets['folder']}",
-                   "data.labels=true", "data.image_size=32", "logger=none")  # fmt: skip
+    cfg = make_cfg("model=cdcgan", "data=hub", f"data.name={sets['folder']}", "data.labels=true",
+                   "data.image_size=32", "logger=none", "metrics=none")  # fmt: skip
     with open_dict(cfg):
         cfg.data.filter = {"label": ["dog", "wild"]}
     train(cfg)
