@@ -33,6 +33,7 @@ gradio = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 CLASSES = ["circle", "square", "triangle"]  # the shapes dataset's
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PAGE_TIMEOUT_S = 60  # for the page to load and show its first grid
 EVENT_TIMEOUT_S = 30  # for one click to change the images
 
@@ -184,18 +185,14 @@ class Chromium:
     def __init__(self, executable: str, profile: Path) -> None:
         to_browser, self._to_browser = os.pipe()
         self._from_browser, from_browser = os.pipe()
-
-        def as_fds_3_and_4() -> None:  # runs in the child, before exec
-            os.dup2(to_browser, 3)
-            os.dup2(from_browser, 4)
-
-        args = [executable, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        # The pipes reach the browser as the shell's stdin and stdout, which it moves to fds 3
+        # and 4 before exec: no Python code runs in the child (the server's threads are running).
+        args = ["sh", "-c", 'exec "$@" 3<&0 4>&1 </dev/null >/dev/null', "sh",
+                executable, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                 "--disable-dev-shm-usage", "--remote-debugging-pipe", "--window-size=1280,2000",
                 f"--user-data-dir={profile}", "about:blank"]  # fmt: skip
-        self.process = subprocess.Popen(
-            args, pass_fds=(3, 4), preexec_fn=as_fds_3_and_4,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        self.process = subprocess.Popen(args, stdin=to_browser, stdout=from_browser,
+                                        stderr=subprocess.DEVNULL)  # fmt: skip
         os.close(to_browser)
         os.close(from_browser)
         self._buffer, self._last_id, self.session = b"", 0, None
@@ -295,16 +292,16 @@ def next_grid(browser: Chromium, before: dict, what: str) -> dict:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Chromium]:
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
-        pytest.skip("no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)")
-    chromium = Chromium(executable, tmp_path / "profile")
+    chromium = Chromium(CHROMIUM, tmp_path / "profile")
     try:
         yield chromium
     finally:
         chromium.close()
 
 
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium; .ci/run does)"
+)
 def test_page_in_chromium_new_seed_and_class_change_the_grid(app: Any, browser: Chromium) -> None:
     explorer = app.explorer
     browser.open(app.local_url)
