@@ -4,8 +4,9 @@ generator in the browser.
 A Gradio page (the `[demo]` extra) shows a grid of images from a seed (a button draws a new one),
 a truncation slider, a class picker for a conditional generator, an interpolation strip between
 two seeds, and a download of what is shown. The generator is loaded once, on the CPU or a GPU.
-Images are made as `generate` makes them (`generation/`): the grid of seed S is `generate
-seed=S grid=true`'s, the strip one row of its `interpolate=true` walk. See conf/demo.yaml.
+Images are made as `generate` makes them (`generation/`): the grid of seed S holds `generate
+seed=S`'s first images (for an unconditional model, `grid=true`'s grid itself), the strip is the
+row of `generate interpolate=true walk_seeds=[S,T]`. See conf/demo.yaml.
 """
 
 from __future__ import annotations
