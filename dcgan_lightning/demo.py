@@ -18,7 +18,6 @@ import math
 import os
 import random
 import re
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
+from dcgan_lightning.cli import run_cli, run_task
 from dcgan_lightning.errors import UserError
 from dcgan_lightning.generate import render, resolve_device, walk_images
 from dcgan_lightning.generation import CheckpointError, TrainedGenerator, load_generator
@@ -38,6 +38,7 @@ from dcgan_lightning.generation.noise import check_truncation
 from dcgan_lightning.resume import find_last
 
 log = logging.getLogger(__name__)
+CONFIG_PATH = "../conf"  # relative to this file
 
 INSTALL = "pip install 'dcgan_lightning[demo]'"
 MAX_SEED = 2**31 - 1
@@ -228,16 +229,11 @@ def serve(cfg: DictConfig, block: bool = True) -> Any:
     return app
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="demo")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="demo")
 def main(cfg: DictConfig) -> None:
-    try:
-        serve(cfg)
-    except UserError as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        log.error("%s", error)
-        sys.exit(2)
+    """Serve the explorer; a mistake (a missing checkpoint, a bad key) is one message, exit 2."""
+    run_task(serve, cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "demo", CONFIG_PATH)
