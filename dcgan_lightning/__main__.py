@@ -11,6 +11,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from dcgan_lightning.compose import CONF_DIR
 from dcgan_lightning.errors import UserError
 from dcgan_lightning.sweep import in_multirun, optimized_value, write_result
 from dcgan_lightning.train import train
@@ -38,7 +39,7 @@ def exit_with_message(err: UserError) -> None:
     sys.exit(USER_ERROR_STATUS)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Train. In a multirun, return the optimized metric for sweepers, and log a failed job and
     score it +inf instead of stopping the sweep."""

@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from rich.progress import MofNCompleteColumn, Progress
 
+from dcgan_lightning.compose import CONF_DIR
 from dcgan_lightning.generation.images import (
     FORMATS,
     ImageWriter,
@@ -272,7 +273,7 @@ def generate(cfg: DictConfig) -> Path:
     return dest
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="generate")
 def main(cfg: DictConfig) -> None:
     generate(cfg)
 
