@@ -93,8 +93,6 @@ def test_a_wheel_carries_every_config_and_trains_from_any_directory(tmp_path: Pa
         "model.discriminator.features=8",
         "metrics.download=false",
         "metrics.num_samples=16",
-        "~callbacks.progress_bar",
-        "+trainer.enable_progress_bar=false",
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -104,6 +102,8 @@ def test_a_wheel_carries_every_config_and_trains_from_any_directory(tmp_path: Pa
     assert main_source.path == str(installed)  # the installed configs, not the checkout's
     assert hydra.runtime.choices["model"] == "upsample"  # picasso's own model
     assert OmegaConf.load(run / "config.yaml").data.folder == "Pablo_Picasso"
+    log = (run / "train.log").read_text()  # stdout is a pipe: progress as lines
+    assert "epoch 0/0 batch 1/1 | mean loss_d" in log and "Run summary: epoch 0/0 done" in log
 
     generate = run_installed(work, site, "-m", "dcgan_lightning.generate", "--cfg", "job")
     assert generate.returncode == 0, generate.stdout + generate.stderr
