@@ -122,6 +122,10 @@ def write_user_configs(folder: Path) -> None:
         "defaults:\n  - override /data: my_photos\n  - override /model: dcgan_plus\n  - _self_\n"
         "task_name: my_photos\ntrainer:\n  max_epochs: 50\n"
     )
+    (folder / "experiment" / "van_gogh.yaml").write_text(  # built on a packaged experiment
+        "# @package _global_\ndefaults:\n  - picasso\n  - _self_\n"
+        "task_name: van_gogh\ndata:\n  folder: Vincent_van_Gogh\n"
+    )
 
 
 def test_a_users_own_config_folder_adds_experiments_and_datasets(tmp_path: Path) -> None:
@@ -133,6 +137,9 @@ def test_a_users_own_config_folder_adds_experiments_and_datasets(tmp_path: Path)
         assert cfg.data.root == "/data/my_photos" and cfg.data.image_size == 32
         assert cfg.data.holdout is None  # the rest from the packaged conf/data/image_folder.yaml
         assert cfg.model.generator.features == 64 and cfg.model.ema  # model=dcgan_plus
+        cfg = compose_train_config([search, "+experiment=van_gogh"], tmp_path / "run")
+        assert (cfg.task_name, cfg.data.folder) == ("van_gogh", "Vincent_van_Gogh")
+        assert cfg.model.optimizer_g.lr == 3.0e-3 and cfg.trainer.max_epochs == 400  # picasso's
         cfg = compose_train_config([search, "data=my_photos"], tmp_path / "run")
         assert cfg.data._target_.endswith("ImageFolderDataModule") and cfg.data.image_size == 32
     finally:
