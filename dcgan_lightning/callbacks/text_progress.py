@@ -109,9 +109,9 @@ class TextProgress(ProgressBar):
 
     # -- lines ----------------------------------------------------------------------------------
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = trainer.callback_metrics  # on every rank: see `on_validation_end`
         if not self._enabled:
             return
-        metrics = trainer.callback_metrics
         means = {
             k: float(metrics[f"train/{k}_epoch"]) for k in SHOWN if f"train/{k}_epoch" in metrics
         }
@@ -153,6 +153,8 @@ class TextProgress(ProgressBar):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
+        # On every rank (this bar is disabled on the others): reading `callback_metrics` may run
+        # Lightning's deferred reduction of `sync_dist=True` values, a collective.
         values = {
             k: float(v)
             for k, v in trainer.callback_metrics.items()
@@ -176,6 +178,7 @@ class TextProgress(ProgressBar):
             self._pending_eval = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = trainer.callback_metrics  # on every rank: see `on_validation_end`
         if not self._enabled or not hasattr(self, "_start"):
             return
         self._flush_eval()
@@ -189,7 +192,6 @@ class TextProgress(ProgressBar):
         best = self._best(trainer)
         if best:
             lines.append(f"  best: {best}")
-        metrics = trainer.callback_metrics
         final = {
             SHOWN[k]: float(metrics[f"train/{k}_epoch"])
             for k in SHOWN
