@@ -180,7 +180,8 @@ def test_without_a_terminal_train_log_gets_epochs_evaluations_and_a_summary(
     )
 
     summary = "\n".join(lines[next(i for i, x in enumerate(lines) if "Run summary" in x) :])
-    assert "Run summary: epoch 2/2 done, 6 batches" in summary
+    assert re.search(r"Run summary: epoch 2/2 done, 6 batches in \d+:\d\d:\d\d this session, "
+                     r"[1-9]\d* img/s while training", summary)  # fmt: skip
     best = min(range(3), key=lambda e: swd[e])
     assert (
         f"best: val/swd {swd[best]:.4g} at epoch {best} (checkpoints/best_epoch_{best:04d}.ckpt)"

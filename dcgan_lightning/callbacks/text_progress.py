@@ -84,6 +84,7 @@ class TextProgress(ProgressBar):
         self._start = self._last_line = time.monotonic()
         self._batches = 0  # this session (a resumed run starts counting again)
         self._images = 0
+        self._train_seconds = 0.0  # in training batches: epochs without their evaluations
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = self._batch_end = time.monotonic()
@@ -110,6 +111,7 @@ class TextProgress(ProgressBar):
     # -- lines ----------------------------------------------------------------------------------
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = trainer.callback_metrics  # on every rank: see `on_validation_end`
+        self._train_seconds += self._batch_end - self._epoch_start
         if not self._enabled:
             return
         means = {
@@ -186,8 +188,8 @@ class TextProgress(ProgressBar):
         last = "?" if trainer.max_epochs in (None, -1) else trainer.max_epochs - 1
         lines = [
             f"Run summary: epoch {trainer.current_epoch - 1}/{last} done, {self._batches} batches "
-            f"in {clock(elapsed)} this session, {self._images / max(elapsed, 1e-9):.0f} img/s "
-            "(evaluations included)"
+            f"in {clock(elapsed)} this session, {self._images / max(self._train_seconds, 1e-9):.0f}"
+            " img/s while training"
         ]
         best = self._best(trainer)
         if best:
