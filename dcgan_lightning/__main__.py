@@ -16,10 +16,11 @@ from omegaconf import DictConfig
 
 from dcgan_lightning import run_guard
 from dcgan_lightning.cli import mark_task_started, run_cli
+from dcgan_lightning.compose import CONF_DIR
 from dcgan_lightning.errors import USER_ERROR_STATUS, UserError, exit_with_message, user_error
 
 log = logging.getLogger(__name__)
-CONFIG_PATH = "../conf"  # relative to this file
+CONFIG_PATH = str(CONF_DIR)  # conf/ in a checkout, dcgan_lightning/conf in a wheel
 
 __all__ = ["USER_ERROR_STATUS", "exit_with_message", "main", "user_error"]
 

@@ -9,7 +9,17 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+def _conf_dir() -> Path:
+    """The configs: `dcgan_lightning/conf` in a wheel or `pip install .` (setup.py maps the repo's
+    top-level conf/ there at build time), else the repo's conf/ beside the package (a checkout, or
+    an editable install, which runs the checkout's files)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "conf"
+    return installed if (installed / "train.yaml").is_file() else package.parent / "conf"
+
+
+CONF_DIR = _conf_dir()
 
 
 def compose_train_config(overrides: list[str], output_dir: Path) -> DictConfig:

@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from dcgan_lightning.cli import run_cli, run_task
+from dcgan_lightning.compose import CONF_DIR
 from dcgan_lightning.errors import UserError
 from dcgan_lightning.generate import render, resolve_device, walk_images
 from dcgan_lightning.generation import CheckpointError, TrainedGenerator, load_generator
@@ -38,7 +39,7 @@ from dcgan_lightning.generation.noise import check_truncation
 from dcgan_lightning.resume import find_last
 
 log = logging.getLogger(__name__)
-CONFIG_PATH = "../conf"  # relative to this file
+CONFIG_PATH = str(CONF_DIR)  # conf/ in a checkout, dcgan_lightning/conf in a wheel
 
 INSTALL = "pip install 'dcgan_lightning[demo]'"
 MAX_SEED = 2**31 - 1

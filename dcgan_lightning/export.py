@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from dcgan_lightning.cli import run_cli, run_task
+from dcgan_lightning.compose import CONF_DIR
 from dcgan_lightning.errors import UserError
 from dcgan_lightning.generation.hub import CONFIG, ONNX_GRAPH, WEIGHTS, is_hub_id, require
 from dcgan_lightning.generation.images import encode, grid, to_pil, to_uint8
@@ -31,7 +32,7 @@ from dcgan_lightning.resume import find_last
 
 log = logging.getLogger(__name__)
 
-CONFIG_PATH = "../conf"  # relative to this file
+CONFIG_PATH = str(CONF_DIR)  # conf/ in a checkout, dcgan_lightning/conf in a wheel
 
 FORMATS = ("safetensors", "onnx")
 SAMPLES = "samples.png"

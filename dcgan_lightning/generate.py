@@ -24,6 +24,7 @@ import hydra
 from omegaconf import DictConfig
 
 from dcgan_lightning.cli import run_cli, run_task
+from dcgan_lightning.compose import CONF_DIR
 from dcgan_lightning.errors import UserError, UserValueError
 
 if TYPE_CHECKING:  # imported where used: `--help` and `--cfg job` load neither torch nor PIL
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # imported where used: `--help` and `--cfg job` load neither 
     from dcgan_lightning.generation.loading import TrainedGenerator
 
 log = logging.getLogger(__name__)
-CONFIG_PATH = "../conf"  # relative to this file
+CONFIG_PATH = str(CONF_DIR)  # conf/ in a checkout, dcgan_lightning/conf in a wheel
 
 MODES = ("zip", "grid", "interpolate")
 FORMATS = ("png", "jpg")  # generation.images.FORMATS, checked in a test

@@ -72,7 +72,7 @@ def default_run(make_cfg, monkeypatch: pytest.MonkeyPatch) -> dict:
         "logger=csv", "metrics=none", "trainer.max_epochs=1", "trainer.log_every_n_steps=10",
         f"++trainer.limit_train_batches={BATCHES}", "data.num_images=320", "data.batch_size=16",
         "model.generator.features=8", "model.discriminator.features=8",
-        "model.num_fixed_samples=16",
+        "model.num_fixed_samples=16", "callbacks.progress_bar.mode=bar",
         f"++trainer.profiler._target_={__name__}.HookRecorder",
         f"+callbacks.probe._target_={__name__}.Probe",
         shrink=False,

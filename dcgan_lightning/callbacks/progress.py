@@ -1,4 +1,7 @@
-"""A Rich progress bar that reads the trainer every `every_n_batches` batches, not every batch.
+"""The console's progress: a Rich bar on a terminal, log lines when stdout is a file or pipe.
+
+`console_progress` picks one (callbacks/text_progress.py has the lines). The Rich bar reads the
+trainer every `every_n_batches` batches, not every batch.
 
 Lightning's `RichProgressBar` updates its task, reads `trainer.progress_bar_metrics` and refreshes
 after every training batch, whatever its `refresh_rate` (which only sets how often Rich's own
@@ -16,6 +19,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks.progress import ProgressBar
+from rich.console import Console
+
+from dcgan_lightning.callbacks.text_progress import TextProgress
 
 
 class GANProgressBar(RichProgressBar):
@@ -33,3 +40,23 @@ class GANProgressBar(RichProgressBar):
         last = i + 1 >= trainer.num_training_batches
         if (i + 1) % self.every_n_batches == 0 or last:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, i)
+
+
+def console_progress(
+    mode: str = "auto",
+    every_n_batches: int = 10,
+    refresh_rate: int = 2,
+    every_n_minutes: float | None = 5.0,
+    run_dir: str | None = None,
+) -> ProgressBar:
+    """`mode=bar`: `GANProgressBar`; `lines`: `TextProgress`; `auto`: the bar where Rich can draw
+    it live (a terminal or Jupyter, as Rich decides: TTY_COMPATIBLE=1 or FORCE_COLOR force it),
+    else the lines (nohup, SLURM, CI), where a bar leaves nothing readable."""
+    if mode not in ("auto", "bar", "lines"):
+        raise ValueError(f"callbacks.progress_bar.mode must be auto, bar or lines, got {mode!r}")
+    if mode == "auto":
+        console = Console()
+        mode = "bar" if console.is_terminal or console.is_jupyter else "lines"
+    if mode == "bar":
+        return GANProgressBar(every_n_batches=every_n_batches, refresh_rate=refresh_rate)
+    return TextProgress(every_n_minutes=every_n_minutes, run_dir=run_dir)
