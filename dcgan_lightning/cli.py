@@ -306,6 +306,9 @@ def run_cli(hydra_main: Callable[[], Any], config_name: str, config_path: str) -
     _TASK_STARTED = False
     try:
         hydra_main()
+    except BrokenPipeError:  # `--help | head` closed the pipe: nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except SystemExit as stop:
         if stop.code != 1 or _TASK_STARTED or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
