@@ -40,16 +40,20 @@ SHELL_STOPS = {"&&", "||", ";", "|", ">", ">>", "2>&1", "&"}
 LISTED_GROUPS = ("model", "experiment", "data", "logger", "trainer")
 OVERRIDE = re.compile(r"^(\+{1,2}|~)?[A-Za-z_][\w./@-]*(=.*)?$")
 ENV_VAR = re.compile(r"^[A-Z][A-Z0-9_]*$")  # `HYDRA_FULL_ERROR=1` sets the shell, not the config
+GENERIC_OVERRIDES = {"key=value", "group=option", "GROUP=OPTION", "KEY=VALUE"}
+PYTHON_LITERALS = {"True", "False", "None"}
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z_/]*$")  # +experiment=NAME, data.root=PATH
 
 
 @dataclass(frozen=True)
 class Snippet:
-    """A piece of a page (a code line or a backticked span) and where it is."""
+    """A piece of a page (a code line or a backticked span) and where it is. A transcript line
+    (`$ command` followed by its output in one block) may show a mistake on purpose."""
 
     page: Path
     line: int
     text: str
+    transcript: bool = False
 
     @property
     def where(self) -> str:
@@ -61,6 +65,7 @@ def split_page(page: Path) -> tuple[list[Snippet], str]:
     blocks blanked (so line numbers still count). Python, YAML and text blocks are not commands."""
     code: list[Snippet] = []
     prose_lines: list[str] = []
+    block: list[Snippet] = []
     fence: str | None = None
     shell = False
     pending = ""
@@ -68,13 +73,14 @@ def split_page(page: Path) -> tuple[list[Snippet], str]:
     for number, line in enumerate(page.read_text().splitlines(), start=1):
         stripped = line.strip()
         if fence is None and stripped.startswith(("```", "~~~")):
-            fence = stripped[:3]
+            fence, block = stripped[:3], []
             shell = stripped[3:].strip() in SHELL_LANGUAGES
             prose_lines.append("")
             continue
         if fence is not None and stripped.startswith(fence):
             fence = None
             prose_lines.append("")
+            code += transcript_marked(block)
             continue
         if fence is None:
             prose_lines.append(line)
@@ -87,9 +93,17 @@ def split_page(page: Path) -> tuple[list[Snippet], str]:
         if stripped.endswith("\\"):
             pending += stripped[:-1] + " "
             continue
-        code.append(Snippet(page, pending_line, pending + stripped))
+        block.append(Snippet(page, pending_line, pending + stripped))
         pending = ""
     return code, "\n".join(prose_lines)
+
+
+def transcript_marked(block: list[Snippet]) -> list[Snippet]:
+    """A block of `$ command` lines and their output is a transcript: mark its lines."""
+    prompts = [s.text.startswith("$ ") for s in block if s.text and not s.text.startswith("#")]
+    if not (any(prompts) and not all(prompts)):
+        return block
+    return [Snippet(s.page, s.line, s.text, transcript=True) for s in block]
 
 
 def inline_code(page: Path, prose: str) -> list[Snippet]:
@@ -121,6 +135,7 @@ class Command:
     text: str
     module: str  # dcgan_lightning[.x], or "make"
     args: tuple[str, ...]
+    transcript: bool
 
 
 def commands(snippet: Snippet) -> list[Command]:
@@ -138,7 +153,7 @@ def commands(snippet: Snippet) -> list[Command]:
             if arg in SHELL_STOPS:
                 rest = rest[:j]
                 break
-        found.append(Command(snippet.where, snippet.text, module, tuple(rest)))
+        found.append(Command(snippet.where, snippet.text, module, tuple(rest), snippet.transcript))
     return found
 
 
@@ -199,6 +214,8 @@ def composable(args: tuple[str, ...]) -> tuple[str | None, list[str], str | None
             return None, [], f"unknown flag {arg}"
         if arg in ("...", "…"):  # "and more overrides"
             continue
+        if arg.startswith("["):
+            return None, [], "a usage line ([optional] arguments)"
         arg = re.sub(r"<[^>]*>", "x", arg)
         override = parse(arg)
         key = arg.split("=", 1)[0]
@@ -223,6 +240,8 @@ def group_options(group: str) -> set[str]:
 
 def compose_case(command: Command) -> None:
     """Compose what `command` would run, or skip with the reason it can't be."""
+    if command.transcript:
+        pytest.skip(f"{command.where}: a transcript, which may show a mistake on purpose")
     if command.module == "make":
         target, rest = command.args[0], command.args[1:]
         if target != "train":
@@ -276,7 +295,10 @@ def configs_for(first: str) -> list[DictConfig]:
 
 
 def key_problem(text: str) -> str | None:
-    """Why the override `text` names no config key or option, or None when it does."""
+    """Why the override `text` names no config key or option, or None when it does. The
+    syntax's own placeholders (`key=value`) and Python keywords (`dynamo=True`) are not keys."""
+    if text.lstrip("+") in GENERIC_OVERRIDES or text.split("=", 1)[1] in PYTHON_LITERALS:
+        return None
     arg = re.sub(r"<[^>]*>", "x", text)
     try:
         override = parse(arg)
