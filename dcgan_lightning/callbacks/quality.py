@@ -1,6 +1,8 @@
-"""Quality metrics every `eval_every_n_epochs` (val/fid, val/kid, val/mifid, val/precision,
-val/recall, val/density, val/coverage, val/swd, val/nn_ratio, plots/nearest.png; for a conditional
-model also val/swd, val/fid and val/kid per class) and the checkpoint of the best epoch by them.
+"""Quality metrics (val/fid, val/kid, val/mifid, val/precision, val/recall, val/density,
+val/coverage, val/swd, val/nn_ratio, plots/nearest.png; for a conditional model also val/swd,
+val/fid and val/kid per class) and the checkpoint of the best epoch by them.
+They run when metrics/schedule.py says (`every_n_kimg`, `eval_every_n_epochs` or `max_share`),
+and always after the run's last batch.
 
 The validation loop carries the work: the datamodule yields a fixed subset of `num_samples` real
 images (split across ranks), `GAN.validation_step` generates as many images, this callback feeds
@@ -12,6 +14,8 @@ cached on disk for later runs.
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,7 @@ from dcgan_lightning.callbacks.nearest import draw_nearest
 from dcgan_lightning.callbacks.samples import log_image
 from dcgan_lightning.metrics import cache, inception
 from dcgan_lightning.metrics.evaluator import QualityEvaluator, to_uint8
+from dcgan_lightning.metrics.schedule import EvaluationSchedule
 
 log = logging.getLogger(__name__)
 SWD_MAX_PATCHES_PER_IMAGE = 128  # ProGAN's count: more would mostly repeat neighbourhoods
@@ -37,7 +42,9 @@ class QualityMetrics(Callback):
     def __init__(
         self,
         num_samples: int = 2048,
-        eval_every_n_epochs: int = 1,
+        every_n_kimg: float | None = None,
+        eval_every_n_epochs: int | None = None,
+        max_share: float = 0.1,
         fid: bool = True,
         kid: bool = True,
         mifid: bool = False,
@@ -58,9 +65,11 @@ class QualityMetrics(Callback):
     ) -> None:
         if num_samples < 2:
             raise ValueError(f"metrics.num_samples must be >= 2, got {num_samples}")
-        if eval_every_n_epochs < 1:
-            raise ValueError(f"metrics.eval_every_n_epochs must be >= 1, got {eval_every_n_epochs}")
-        self.num_samples, self.eval_every_n_epochs = num_samples, eval_every_n_epochs
+        self.num_samples = num_samples
+        # Checks the keys now; the images per batch are known at setup.
+        self.schedule = EvaluationSchedule(1, every_n_kimg, eval_every_n_epochs, max_share)
+        self._clock: float | None = None  # perf_counter at this session's train start
+        self._eval_started: float | None = None
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         self.swd, self.swd_patches_per_level, self.swd_directions = (
             swd,
@@ -118,10 +127,10 @@ class QualityMetrics(Callback):
         if not self.enabled:
             return
         every = trainer.check_val_every_n_epoch
-        if stage == "fit" and not trainer.fast_dev_run and every != self.eval_every_n_epochs:
+        if stage == "fit" and every not in (1, None):
             raise ValueError(
-                f"trainer.check_val_every_n_epoch={every} but "
-                f"metrics.eval_every_n_epochs={self.eval_every_n_epochs}: set the latter only"
+                f"trainer.check_val_every_n_epoch={every}: evaluations follow "
+                "metrics.every_n_kimg (or metrics.max_share) instead; leave it at 1"
             )
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "num_val_images"):
@@ -134,6 +143,7 @@ class QualityMetrics(Callback):
                 f"metrics use {n} real and {n} generated images"
             )
         datamodule.num_val_images = n
+        self.schedule.images_per_batch = datamodule.batch_size * trainer.world_size
         # A conditional model on labelled data: SWD, FID and KID per class too.
         conditional = getattr(pl_module, "labels", None) is not None and datamodule.num_classes
         self.evaluator = QualityEvaluator(
@@ -205,6 +215,63 @@ class QualityMetrics(Callback):
             return None
         return cache.cache_path(self.cache_dir, cache.cache_key(**self._cache_settings))
 
+    # -- the schedule: Lightning validates after a batch when val_check_batch divides its index --
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._clock = time.perf_counter()
+        if self.enabled:
+            self.schedule.start(_total_batches(trainer))
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        if not self.enabled:
+            return
+        epoch_end = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        epochs = trainer.current_epoch + 1 if epoch_end else None
+        due = self.schedule.due(_batches_done(trainer), _last_batch(trainer), epochs)
+        trainer.val_check_batch = 1 if due else sys.maxsize  # read by the loop right after
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._eval_started = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._eval_started is None or trainer.sanity_checking:
+            return
+        seconds, self._eval_started = time.perf_counter() - self._eval_started, None
+        batches = _batches_done(trainer)
+        self.schedule.record(batches, seconds)
+        nxt = ""
+        if self.schedule.automatic and not _last_batch(trainer):
+            plan = self.schedule.plan(batches, seconds, self._wall())
+            self.schedule.next_batch = trainer.strategy.broadcast(plan, src=0)  # rank 0's clock
+            nxt = f"; next after batch {self.schedule.next_batch}"
+        if trainer.is_global_zero:  # in train.log: the evaluations a run made, to repeat them
+            log.info(
+                "Evaluation %d after batch %d (%g kimg): %.1f s%s",
+                len(self.schedule.evaluations),
+                batches,
+                self.schedule.kimg(batches),
+                seconds,
+                nxt,
+            )
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.enabled and self.schedule.evaluations and trainer.is_global_zero:
+            log.info(self.schedule.summary(self._wall()))
+
+    def _wall(self) -> float:
+        """Wall seconds of training so far, across resumed sessions."""
+        now = time.perf_counter()
+        return self.schedule.wall_offset + now - (self._clock if self._clock is not None else now)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"schedule": self.schedule.state_dict(self._wall())}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "schedule" in state_dict:
+            self.schedule.load_state_dict(state_dict["schedule"])
+
     def on_validation_batch_end(
         self,
         trainer: pl.Trainer,
@@ -262,6 +329,33 @@ class QualityMetrics(Callback):
             path = self._cache_file()
             cache.save_features(path, features, self._cache_settings)
             log.info("Real-image features cached in %s", path)
+
+
+def _batches_done(trainer: pl.Trainer) -> int:
+    """Training batches completed in the whole run (resumes included), on every rank alike."""
+    return trainer.fit_loop.epoch_loop.total_batch_idx + 1
+
+
+def _last_batch(trainer: pl.Trainer) -> bool:
+    """Is the batch that just ended the run's last (max_epochs or max_steps reached)?"""
+    loop = trainer.fit_loop
+    max_steps = loop.max_steps
+    if max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps:
+        return True
+    max_epochs = loop.max_epochs
+    if max_epochs is None or max_epochs < 0 or trainer.current_epoch + 1 < max_epochs:
+        return False
+    return loop.epoch_loop.batch_progress.is_last_batch
+
+
+def _total_batches(trainer: pl.Trainer) -> float:
+    """The run's planned training batches (inf when open-ended); max_steps counts ~2 a batch."""
+    loop, total = trainer.fit_loop, float("inf")
+    if loop.max_epochs is not None and loop.max_epochs >= 0:
+        total = loop.max_epochs * trainer.num_training_batches
+    if loop.max_steps is not None and loop.max_steps >= 0:
+        total = min(total, loop.max_steps / 2)
+    return total
 
 
 def _gather_objects(obj: Any) -> list[Any]:
