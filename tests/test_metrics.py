@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
+import hydra.utils
 from hydra.errors import InstantiationException
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance, _compute_fid
@@ -37,7 +38,7 @@ from dcgan_lightning.metrics.swd import (
     pyramid_resolutions,
 )
 from dcgan_lightning.train import train
-from tests.conftest import compose_config, fast_ranks, requires_cuda, start_ranks, tiny
+from tests.conftest import REPO, compose_config, fast_ranks, requires_cuda, start_ranks, tiny
 
 
 def shapes(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -248,6 +249,9 @@ def tiny_inception(offline_hub: Path, monkeypatch: pytest.MonkeyPatch) -> TinyEx
 def metric_overrides(tmp_path: Path, *extra: str) -> list[str]:
     return [
         "logger=csv",
+        "metrics.fid=true",  # the Inception metrics, off in the default (shapes) run
+        "metrics.kid=true",
+        "metrics.prdc=true",
         "metrics.num_samples=32",
         "metrics.kid_subsets=10",
         "metrics.download=false",
@@ -301,6 +305,26 @@ def test_missing_weights_warn_and_train_with_swd_only(make_cfg, offline_hub: Pat
     saved = torch.load(best[0], weights_only=True)
     states = [v for k, v in saved["callbacks"].items() if k.startswith("BestQualityCheckpoint")]
     assert states[0]["monitor"] == "val/swd"
+
+
+INCEPTION_KEYS = ("fid", "kid", "mifid", "prdc")
+
+
+def test_the_default_run_needs_no_inception_and_the_experiments_have_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make train` (data=shapes) needs no network: no Inception metric on, no weights looked up
+    (issue 28.7). Every shipped experiment, on real images, keeps FID and KID."""
+    cfg = compose_config([], tmp_path / "default")
+    assert not [k for k in INCEPTION_KEYS if cfg.metrics[k]] and cfg.metrics.swd
+    monkeypatch.setattr(inception, "resolve_weights", lambda *a: pytest.fail("looked up weights"))
+    assert hydra.utils.instantiate(cfg.metrics).primary_metric == "val/swd"
+    monkeypatch.undo()
+    experiments = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+    assert len(experiments) >= 10
+    for name in experiments:
+        metrics = compose_config([f"+experiment={name}"], tmp_path / name).metrics
+        assert metrics.fid and metrics.kid and metrics.prdc, name
 
 
 def test_metrics_none_runs_no_validation(make_cfg, offline_hub: Path) -> None:
