@@ -8,13 +8,13 @@ import random
 import socket
 from pathlib import Path
 
+import hydra.utils
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-import hydra.utils
 from hydra.errors import InstantiationException
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance, _compute_fid
@@ -127,6 +127,25 @@ def test_kid_subset_shrinks_to_the_sample_count_and_does_not_touch_the_global_rn
     values = evaluate(images[:20], images[20:40], kid_subset_size=1000, swd=False)
     assert torch.equal(torch.rand(3), expected)
     assert values["kid_std"] >= 0 and torch.isfinite(torch.tensor(values["kid"]))
+
+
+def test_kid_std_on_a_small_set_comes_from_subsets_that_differ(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """270 images (a painting set after holdout): subsets of at most half the set, so they differ
+    and val/kid_std measures something (issue 29.4: all 100 were the whole set, std ~1e-7)."""
+    from dcgan_lightning.metrics import evaluator
+
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(270, 16, generator=generator)
+    fake = torch.randn(270, 16, generator=generator) * 1.2 + 0.2
+    subsets: list[torch.Tensor] = []
+    mmd = evaluator.poly_mmd
+    monkeypatch.setattr(evaluator, "poly_mmd", lambda r, f, *a: subsets.append(r) or mmd(r, f, *a))
+    mean, std = evaluator.kernel_distance(real, fake, subsets=20, subset_size=1000)
+    assert len(subsets) == 20 and all(len(s) == 135 for s in subsets)
+    assert len({round(float(s.sum()), 3) for s in subsets}) == 20  # 20 different subsets
+    assert float(std) > 0.05 * abs(float(mean)) > 0
 
 
 def test_uint8_round_trip_of_generator_range() -> None:
