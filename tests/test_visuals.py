@@ -141,3 +141,28 @@ def test_conditional_metrics_get_one_panel_per_metric_for_the_classes(
     for metric in ("swd", "fid"):
         (ax,) = [ax for title, ax in panels.items() if f"val/{metric}/" in title]
         assert len(ax.get_lines()) == len(classes) + 1  # the classes and their mean
+
+
+def test_nearest_plot_draws_samples_of_every_class(tmp_path: Path) -> None:
+    """A conditional model's fixed samples are a row per class: nearest.png's 16 must not all
+    be the first row's class (issue 29.9)."""
+    from types import SimpleNamespace
+
+    from dcgan_lightning.callbacks.quality import QualityMetrics
+
+    drawn: list[torch.Tensor] = []
+
+    def generate(z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        drawn.append(labels)
+        return torch.zeros(len(z), 3, 8, 8)
+
+    module = SimpleNamespace(
+        fixed_noise=torch.randn(48, 4),
+        fixed_labels=torch.arange(3).repeat_interleave(16),  # 3 rows of 16, as the grid has
+        generate=generate,
+    )
+    metrics = QualityMetrics(fid=False, kid=False, prdc=False, plots_dir=str(tmp_path))
+    metrics._draw_nearest(SimpleNamespace(is_global_zero=False), module)  # stops before drawing
+    (labels,) = drawn
+    assert len(labels) == 16 and sorted(set(labels.tolist())) == [0, 1, 2]
+    assert max(labels.bincount()) - min(labels.bincount()) <= 1  # evenly spread

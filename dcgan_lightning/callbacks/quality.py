@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from dcgan_lightning.callbacks.nearest import draw_nearest
+from dcgan_lightning.callbacks.nearest import draw_nearest, spread_over_classes
 from dcgan_lightning.callbacks.samples import log_image
 from dcgan_lightning.metrics import cache, inception
 from dcgan_lightning.metrics.evaluator import QualityEvaluator, to_uint8
@@ -306,9 +306,12 @@ class QualityMetrics(Callback):
 
     def _draw_nearest(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """plots/nearest.png: fixed-noise samples and their 3 nearest images of the real subset."""
-        n, labels = self.nearest_samples, getattr(pl_module, "fixed_labels", None)
-        z = pl_module.fixed_noise[:n]
-        samples = to_uint8(pl_module.generate(z, None if labels is None else labels[:n]))
+        labels = getattr(pl_module, "fixed_labels", None)
+        n = min(self.nearest_samples, len(pl_module.fixed_noise))
+        pick = spread_over_classes(labels, n)  # a conditional model's classes in turn
+        z = pl_module.fixed_noise[pick.to(pl_module.fixed_noise.device)]
+        labels = None if labels is None else labels[pick.to(labels.device)]
+        samples = to_uint8(pl_module.generate(z, labels))
         if not trainer.is_global_zero:  # the reference was gathered in compute(): no collective
             return
         features = self.evaluator.nn_features(samples)
