@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import math
+import signal
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import open_dict
 
 from dcgan_lightning.metrics.schedule import EvaluationSchedule
@@ -104,3 +106,28 @@ BAD = [{"every_n_kimg": 0}, {"every_n_epochs": 0}, {"max_share": 1.0}]
 def test_bad_schedules_are_refused(keys: dict) -> None:
     with pytest.raises(ValueError, match="metrics"):
         EvaluationSchedule(32, **keys)
+
+
+@pytest.mark.parametrize("asked", [True, False])
+def test_an_interrupted_run_evaluates_its_last_batch_when_asked(make_cfg, asked: bool) -> None:
+    cfg = make_cfg("logger=csv")
+    with open_dict(cfg):
+        cfg.trainer.max_epochs = 2
+        cfg.metrics.eval_every_n_epochs = 5
+        cfg.metrics.eval_on_interrupt = asked
+        signal_first = {  # before the metrics' hook sees the batch end, as a real signal is
+            "_target_": "tests.test_reliability.SendSignal",
+            "signum": int(signal.SIGTERM),
+            "at_batch": 0,
+        }
+        cfg.callbacks = {"signal": signal_first, **cfg.callbacks}
+    with pytest.raises(SystemExit) as exit_:
+        train(cfg)
+    assert exit_.value.code == 128 + signal.SIGTERM
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    assert (checkpoints / "last.ckpt").is_file()
+    best = list(checkpoints.glob("best_*"))
+    assert len(best) == (1 if asked else 0)
+    if asked:
+        saved = torch.load(best[0], weights_only=True)
+        assert saved["global_step"] == 2  # after the first batch: its D and G steps

@@ -45,6 +45,7 @@ class QualityMetrics(Callback):
         every_n_kimg: float | None = None,
         eval_every_n_epochs: int | None = None,
         max_share: float = 0.1,
+        eval_on_interrupt: bool = False,
         fid: bool = True,
         kid: bool = True,
         mifid: bool = False,
@@ -68,6 +69,7 @@ class QualityMetrics(Callback):
         self.num_samples = num_samples
         # Checks the keys now; the images per batch are known at setup.
         self.schedule = EvaluationSchedule(1, every_n_kimg, eval_every_n_epochs, max_share)
+        self.eval_on_interrupt, self._held_signal = eval_on_interrupt, False
         self._clock: float | None = None  # perf_counter at this session's train start
         self._eval_started: float | None = None
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
@@ -144,6 +146,10 @@ class QualityMetrics(Callback):
             )
         datamodule.num_val_images = n
         self.schedule.images_per_batch = datamodule.batch_size * trainer.world_size
+        if self.eval_on_interrupt and trainer.world_size > 1:
+            # Each rank sees its signal at its own time: deciding on it alone would split them.
+            rank_zero_warn("metrics.eval_on_interrupt works in single-process runs only: ignored")
+            self.eval_on_interrupt = False
         # A conditional model on labelled data: SWD, FID and KID per class too.
         conditional = getattr(pl_module, "labels", None) is not None and datamodule.num_classes
         self.evaluator = QualityEvaluator(
@@ -228,14 +234,33 @@ class QualityMetrics(Callback):
             return
         epoch_end = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         epochs = trainer.current_epoch + 1 if epoch_end else None
-        due = self.schedule.due(_batches_done(trainer), _last_batch(trainer), epochs)
+        # A Ctrl-C / SIGTERM (callbacks/interrupt.py) ends the run after this batch. Lightning's
+        # validation loop stops after one batch on a pending signal: it is held back meanwhile.
+        interrupted = self.eval_on_interrupt and trainer.received_sigterm
+        due = self.schedule.due(_batches_done(trainer), _last_batch(trainer) or interrupted, epochs)
         trainer.val_check_batch = 1 if due else sys.maxsize  # read by the loop right after
+        if interrupted:
+            self._held_signal = True
+            trainer._signal_connector.received_sigterm = False
+
+    def _release_signal(self, trainer: pl.Trainer) -> None:
+        """The held signal back: the loop stops and callbacks/interrupt.py saves last.ckpt."""
+        if self._held_signal:
+            self._held_signal = False
+            trainer._signal_connector.received_sigterm = True
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._release_signal(trainer)  # had the evaluation not run
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._release_signal(trainer)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._eval_started = time.perf_counter()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._release_signal(trainer)
         if self._eval_started is None or trainer.sanity_checking:
             return
         seconds, self._eval_started = time.perf_counter() - self._eval_started, None
