@@ -131,3 +131,18 @@ def test_an_interrupted_run_evaluates_its_last_batch_when_asked(make_cfg, asked:
     if asked:
         saved = torch.load(best[0], weights_only=True)
         assert saved["global_step"] == 2  # after the first batch: its D and G steps
+
+
+@pytest.mark.slow
+def test_the_automatic_schedule_keeps_ranks_together_under_ddp(make_cfg) -> None:
+    """Rank 0's plan, broadcast: both ranks validate after the same batches (else they hang)."""
+    from tests.conftest import fast_ranks
+
+    cfg = make_cfg("logger=csv", "trainer=ddp_sim", fast_ranks())
+    with open_dict(cfg):
+        cfg.trainer.max_epochs = 3
+        cfg.metrics.eval_every_n_epochs = None  # automatic: the first after 10% of 6 batches
+    metrics = train(cfg)
+    assert math.isfinite(metrics["val/swd"])
+    batches = logged_batches(Path(cfg.paths.output_dir))
+    assert batches[0] == 0 and batches[-1] == 5  # the first batch, and the last
