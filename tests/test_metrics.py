@@ -336,6 +336,9 @@ def test_the_default_run_needs_no_inception_and_the_experiments_have_it(
     (issue 28.7). Every shipped experiment, on real images, keeps FID and KID."""
     cfg = compose_config([], tmp_path / "default")
     assert not [k for k in INCEPTION_KEYS if cfg.metrics[k]] and cfg.metrics.swd
+    # ...and evaluates on the automatic schedule (metrics/schedule.py), 10% of the wall time
+    assert cfg.metrics.every_n_kimg is None and cfg.metrics.eval_every_n_epochs is None
+    assert cfg.metrics.max_share == 0.1
     monkeypatch.setattr(inception, "resolve_weights", lambda *a: pytest.fail("looked up weights"))
     assert hydra.utils.instantiate(cfg.metrics).primary_metric == "val/swd"
     monkeypatch.undo()
