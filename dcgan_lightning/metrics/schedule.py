@@ -24,7 +24,8 @@ class EvaluationSchedule:
     The automatic plan after each evaluation: with E seconds spent evaluating so far, e the last
     evaluation's cost and W the wall time, the next one comes once the wall time reaches
     (E + 2e) / max_share - 2e, so that it and the final evaluation still fit in the share, and not
-    before e (1 - max_share) / max_share more seconds of training (no bursts to catch up). The
+    before e (1 - max_share) / max_share more seconds of training (no bursts to catch up); none
+    when the final evaluation would come less than half a gap after it. The
     first one comes 10% into the run, before any cost is known: a run shorter than ~20
     evaluations spends more than the share (the first and the final evaluation always run).
     """
@@ -37,6 +38,7 @@ class EvaluationSchedule:
     evaluations: list[int] = field(default_factory=list)  # batch counts evaluated at
     eval_seconds: float = 0.0
     wall_offset: float = 0.0  # wall seconds of the sessions before a resume
+    total_batches: float = math.inf  # the run's planned batches
 
     def __post_init__(self) -> None:
         if self.every_n_kimg is not None and self.every_n_kimg <= 0:
@@ -54,6 +56,7 @@ class EvaluationSchedule:
 
     def start(self, total_batches: float) -> None:
         """Automatic: the first evaluation 10% into the run (not before the first batch)."""
+        self.total_batches = total_batches
         if self.automatic and not self.evaluations:
             first = FIRST_EVAL_FRACTION * total_batches
             self.next_batch = max(1, math.ceil(first)) if math.isfinite(first) else 1
@@ -89,7 +92,10 @@ class EvaluationSchedule:
             (self.eval_seconds + reserve) / self.max_share - reserve,
             wall_seconds + last_seconds * (1 - self.max_share) / self.max_share,
         )
-        return batches + max(1, math.ceil((target_wall - wall_seconds) / per_batch))
+        gap = max(1, math.ceil((target_wall - wall_seconds) / per_batch))
+        if batches + 1.5 * gap > self.total_batches:  # the final evaluation comes soon enough
+            return batches + 2 * gap
+        return batches + gap
 
     def summary(self, wall_seconds: float) -> str:
         """The end-of-run line: how many evaluations, where, and their share of the wall time."""
