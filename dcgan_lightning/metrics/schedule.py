@@ -25,9 +25,9 @@ class EvaluationSchedule:
     evaluation's cost and W the wall time, the next one comes once the wall time reaches
     (E + 2e) / max_share - 2e, so that it and the final evaluation still fit in the share, and not
     before e (1 - max_share) / max_share more seconds of training (no bursts to catch up); none
-    when the final evaluation would come less than half a gap after it. The
-    first one comes 10% into the run, before any cost is known: a run shorter than ~20
-    evaluations spends more than the share (the first and the final evaluation always run).
+    when the final evaluation would come less than half a gap after it. The first one comes 10%
+    into the run, before any cost is known: a run shorter than ~20 evaluations spends more than
+    the share (the first and the final evaluation always run).
     """
 
     images_per_batch: int
