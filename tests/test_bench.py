@@ -241,3 +241,20 @@ def test_every_models_row_composes_to_the_options_it_names(tmp_path: Path) -> No
     assert list(rampup.diffaugment) == ["color", "translation", "cutout"]
     assert (rampup.ada.target, rampup.ema.decay, rampup.ema.rampup) == (0.6, 0.99, 0.05)
     assert rampup.loss == plain.loss == "bce" and not rampup.discriminator.spectral_norm
+
+
+def test_small_set_rows_give_training_against_evaluation_time() -> None:
+    from dcgan_lightning.bench import evaluation
+
+    tiny = (
+        "model.generator.features=8",
+        "model.discriminator.features=8",
+        "metrics.num_samples=32",
+    )
+    times = evaluation.small_set_times(images=64, size=32, batch=16, epochs=2, extra=tiny)
+    assert times["batches"] == 6 and len(times["evaluations"]) == 2  # 58 images: 3 batches an epoch
+    assert 0 < sum(times["evaluations"]) < times["wall"]
+    training, evaluating = evaluation.small_set_rows(times)
+    assert training["unit"] == "ms" and training["value"] > 0
+    assert evaluating["unit"] == "s" and evaluating["value"] > 0
+    assert "training batches" in evaluating["note"] and "% of the wall time" in evaluating["note"]

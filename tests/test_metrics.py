@@ -8,6 +8,7 @@ import random
 import socket
 from pathlib import Path
 
+import hydra.utils
 import numpy as np
 import pytest
 import torch
@@ -37,7 +38,7 @@ from dcgan_lightning.metrics.swd import (
     pyramid_resolutions,
 )
 from dcgan_lightning.train import train
-from tests.conftest import compose_config, fast_ranks, requires_cuda, start_ranks, tiny
+from tests.conftest import REPO, compose_config, fast_ranks, requires_cuda, start_ranks, tiny
 
 
 def shapes(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -126,6 +127,25 @@ def test_kid_subset_shrinks_to_the_sample_count_and_does_not_touch_the_global_rn
     values = evaluate(images[:20], images[20:40], kid_subset_size=1000, swd=False)
     assert torch.equal(torch.rand(3), expected)
     assert values["kid_std"] >= 0 and torch.isfinite(torch.tensor(values["kid"]))
+
+
+def test_kid_std_on_a_small_set_comes_from_subsets_that_differ(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """270 images (a painting set after holdout): subsets of at most half the set, so they differ
+    and val/kid_std measures something (issue 29.4: all 100 were the whole set, std ~1e-7)."""
+    from dcgan_lightning.metrics import evaluator
+
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(270, 16, generator=generator)
+    fake = torch.randn(270, 16, generator=generator) * 1.2 + 0.2
+    subsets: list[torch.Tensor] = []
+    mmd = evaluator.poly_mmd
+    monkeypatch.setattr(evaluator, "poly_mmd", lambda r, f, *a: subsets.append(r) or mmd(r, f, *a))
+    mean, std = evaluator.kernel_distance(real, fake, subsets=20, subset_size=1000)
+    assert len(subsets) == 20 and all(len(s) == 135 for s in subsets)
+    assert len({round(float(s.sum()), 3) for s in subsets}) == 20  # 20 different subsets
+    assert float(std) > 0.05 * abs(float(mean)) > 0
 
 
 def test_uint8_round_trip_of_generator_range() -> None:
@@ -248,6 +268,9 @@ def tiny_inception(offline_hub: Path, monkeypatch: pytest.MonkeyPatch) -> TinyEx
 def metric_overrides(tmp_path: Path, *extra: str) -> list[str]:
     return [
         "logger=csv",
+        "metrics.fid=true",  # the Inception metrics, off in the default (shapes) run
+        "metrics.kid=true",
+        "metrics.prdc=true",
         "metrics.num_samples=32",
         "metrics.kid_subsets=10",
         "metrics.download=false",
@@ -301,6 +324,29 @@ def test_missing_weights_warn_and_train_with_swd_only(make_cfg, offline_hub: Pat
     saved = torch.load(best[0], weights_only=True)
     states = [v for k, v in saved["callbacks"].items() if k.startswith("BestQualityCheckpoint")]
     assert states[0]["monitor"] == "val/swd"
+
+
+INCEPTION_KEYS = ("fid", "kid", "mifid", "prdc")
+
+
+def test_the_default_run_needs_no_inception_and_the_experiments_have_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make train` (data=shapes) needs no network: no Inception metric on, no weights looked up
+    (issue 28.7). Every shipped experiment, on real images, keeps FID and KID."""
+    cfg = compose_config([], tmp_path / "default")
+    assert not [k for k in INCEPTION_KEYS if cfg.metrics[k]] and cfg.metrics.swd
+    # ...and evaluates on the automatic schedule (metrics/schedule.py), 10% of the wall time
+    assert cfg.metrics.every_n_kimg is None and cfg.metrics.eval_every_n_epochs is None
+    assert cfg.metrics.max_share == 0.1
+    monkeypatch.setattr(inception, "resolve_weights", lambda *a: pytest.fail("looked up weights"))
+    assert hydra.utils.instantiate(cfg.metrics).primary_metric == "val/swd"
+    monkeypatch.undo()
+    experiments = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+    assert len(experiments) >= 10
+    for name in experiments:
+        metrics = compose_config([f"+experiment={name}"], tmp_path / name).metrics
+        assert metrics.fid and metrics.kid and metrics.prdc, name
 
 
 def test_metrics_none_runs_no_validation(make_cfg, offline_hub: Path) -> None:

@@ -1,4 +1,5 @@
-"""Cost of one quality evaluation at 1,000 and 10,000 samples, with and without real statistics.
+"""Cost of one quality evaluation at 1,000 and 10,000 samples, with and without real statistics,
+and a small-set run's training against its evaluations (`small_set_rows`).
 
 SWD is timed end to end. FID/KID need Inception, whose real weights cannot be downloaded here: a
 random-weights file with Inception's architecture stands in (same cost, meaningless values). A full
@@ -10,20 +11,27 @@ Run alone: `python -m dcgan_lightning.bench.evaluation [--quick]`.
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
 from torchmetrics.image.fid import _compute_fid
 
 from dcgan_lightning.bench import median_seconds, row
+from dcgan_lightning.bench.training import BENCH_LIKE, quiet
 from dcgan_lightning.callbacks.quality import SWD_MAX_PATCHES_PER_IMAGE
+from dcgan_lightning.compose import compose_train_config
 from dcgan_lightning.metrics import inception
 from dcgan_lightning.metrics.evaluator import QualityEvaluator, _factor
 from dcgan_lightning.metrics.swd import SlicedWassersteinDistance
+from dcgan_lightning.train import train
 
 SECTION = "evaluation"
 SIZE, BATCH, FEATURES = 64, 100, inception.NUM_FEATURES
@@ -118,6 +126,79 @@ def fid_trace_term_times() -> tuple[float, float, float]:
     return general, factorise, time.perf_counter() - start
 
 
+class RunTimes(Callback):
+    """Writes `out` at the end of fit: wall seconds from train start, each evaluation's seconds
+    (the validation loop), batches trained."""
+
+    def __init__(self, out: str) -> None:
+        self.out, self.evaluations = Path(out), []
+        self.start = self.eval_start = 0.0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.eval_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.evaluations.append(time.perf_counter() - self.eval_start)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        batches = trainer.fit_loop.epoch_loop.total_batch_idx + 1
+        wall = time.perf_counter() - self.start
+        times = {"wall": wall, "evaluations": self.evaluations, "batches": batches}
+        self.out.write_text(json.dumps(times))
+
+
+def small_set_times(
+    images: int = 300, size: int = 64, batch: int = 32, epochs: int = 10, extra: tuple = ()
+) -> dict[str, Any]:
+    """A `+experiment=monet`-sized run on the embedded shapes (no data to fetch): 10% held out,
+    the default metrics (SWD, nn_ratio, r_v; no Inception), evaluated after every epoch."""
+    device = "gpu" if torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory() as tmp, quiet():
+        out = Path(tmp) / "times.json"
+        overrides = [
+            "data=shapes",
+            f"data.num_images={images}",
+            f"data.image_size={size}",
+            f"data.batch_size={batch}",
+            "data.holdout=0.1",
+            f"trainer={device}",
+            f"trainer.max_epochs={epochs}",
+            "metrics.eval_every_n_epochs=1",
+            "metrics.download=false",
+            *BENCH_LIKE,
+            f"+callbacks.run_times._target_={RunTimes.__module__}.RunTimes",
+            f"+callbacks.run_times.out={out}",
+            *extra,
+        ]
+        train(compose_train_config(overrides, Path(tmp) / "run"))
+        return json.loads(out.read_text()) | {"images": images, "size": size, "batch": batch}
+
+
+def small_set_rows(times: dict[str, Any]) -> list[dict]:
+    """Training per batch against one evaluation, and the evaluation share of wall time at the
+    old default (every 5 epochs) and at 10% (metrics.max_share's default)."""
+    evaluations = times["evaluations"]
+    per_batch = (times["wall"] - sum(evaluations)) / times["batches"]
+    evaluation = statistics.median(evaluations)
+    per_epoch = times["batches"] / len(evaluations) * per_batch  # one evaluation an epoch here
+    every_5 = evaluation / (5 * per_epoch + evaluation)
+    what = f"{times['images']} shapes (10% held out), {times['size']} px, batch {times['batch']}"
+    return [
+        row(SECTION, "Small-set run: training, per batch", 1e3 * per_batch, "ms", what),
+        row(
+            SECTION,
+            "Small-set run: one evaluation (SWD, nn_ratio, r_v)",
+            evaluation,
+            "s",
+            f"= {evaluation / per_batch:.0f} training batches; every 5 epochs (the old default) "
+            f"{100 * every_5:.0f}% of the wall time; metrics.max_share keeps it to 10%",
+        ),
+    ]
+
+
 def run(quick: bool = False) -> list[dict]:
     repeats = 1 if quick else 3
     counts = (1000,) if quick else (1000, 10000)
@@ -164,6 +245,7 @@ def run(quick: bool = False) -> list[dict]:
                 f"first evaluation; derived: {2 * n} x Inception (real + generated) + computation",
             ),
         ]
+    rows += small_set_rows(small_set_times(epochs=3 if quick else 10))
     if not quick:
         general, factorise, symmetric = fid_trace_term_times()
         rows += [

@@ -14,6 +14,17 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 
+def spread_over_classes(labels: torch.Tensor | None, n: int) -> torch.Tensor:
+    """Indices of `n` fixed samples: the first n, or for a conditional model (a row per class in
+    the sample grid) classes in turn, each class's samples in order."""
+    if labels is None:
+        return torch.arange(n)
+    by_class = [torch.nonzero(labels == c).flatten() for c in labels.unique()]
+    rows = [by_class[i % len(by_class)] for i in range(n)]
+    picks = [row[(i // len(by_class)) % len(row)] for i, row in enumerate(rows)]
+    return torch.stack(picks).cpu()
+
+
 def draw_nearest(samples: torch.Tensor, neighbours: torch.Tensor, space: str, path: Path) -> Path:
     """uint8 samples (N, C, H, W) and their neighbours (N, K, C, H, W) as an N x (1 + K) grid."""
     k = neighbours.size(1)

@@ -31,6 +31,14 @@ SHARED_PANELS = {
     ),
 }  # fmt: skip
 PANELS_PER_ROW = 4
+# D(x) / D(G(z)) as each loss logs them (models/losses.py d_outputs): BCE a probability, a 0.5
+# chance line; hinge and LSGAN raw scores, their targets drawn (hinge's margins +-1, boundary 0).
+D_AXES = {
+    "bce": ("D's mean probability of real", (0.0, 1.0), (0.5,)),
+    "hinge": ("D's mean raw score", None, (1.0, 0.0, -1.0)),
+    "lsgan": ("D's mean raw score", None, (1.0, 0.0)),
+}
+LEGEND_MAX_LINES = 12  # a per-class panel of more classes draws them unlabelled
 
 
 class TrainingPlots(Callback):
@@ -42,8 +50,12 @@ class TrainingPlots(Callback):
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
+        self.loss = "bce"  # the model's, at setup: how D(x) and D(G(z)) are logged
         # key -> list of (epoch as a float, value); kept in checkpoints so resumed runs continue.
         self.history: dict[str, list[tuple[float, float]]] = defaultdict(list)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.loss = getattr(pl_module.hparams, "loss", "bce")
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, i: int
@@ -59,8 +71,10 @@ class TrainingPlots(Callback):
             self.draw()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._record(trainer, "", trainer.current_epoch + 1, "val/")
+        if not trainer.sanity_checking:  # evaluations may end any batch (metrics.every_n_kimg)
+            batch = trainer.fit_loop.epoch_loop.batch_idx + 1
+            progress = trainer.current_epoch + batch / max(1, trainer.num_training_batches)
+            self._record(trainer, "", progress, "val/")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -102,17 +116,26 @@ class TrainingPlots(Callback):
             else:
                 ax.plot([], [], color=colour, label=label)
         if name == "discriminator":
-            ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
-            ax.set_ylim(0, 1)
+            label, limits, lines = D_AXES.get(self.loss, ("D's mean output", None, ()))
+            for y in lines:
+                ax.axhline(y, color="grey", linestyle=":", linewidth=1)
+            if limits is not None:
+                ax.set_ylim(*limits)
+            ax.set_ylabel(label)
         ax.set_xlabel("epoch")
         ax.legend()
         return self._save(fig, name)
 
     def _draw_metrics(self, keys: list[str]) -> Path:
         # One panel per metric (different scales), PANELS_PER_ROW to a row; SWD's per-level values
-        # share the SWD panel, precision/recall/density/coverage one panel.
+        # share the SWD panel, precision/recall/density/coverage one panel, and a conditional
+        # model's val/<metric>/<class> one panel per metric, with val/<metric>_class_mean.
         shared = {key: title for title, group in SHARED_PANELS.items() for key in group}
-        panels = list(dict.fromkeys(shared.get(k, k) for k in keys if not k.endswith("px")))
+        for key in keys:
+            if key.count("/") > 1 or key.endswith("_class_mean"):
+                metric = key.rsplit("/", 1)[0] if key.count("/") > 1 else key[: -len("_class_mean")]
+                shared[key] = f"{metric}/<class>"
+        panels = list(dict.fromkeys(shared.get(k, k) for k in keys if not _is_level(k)))
         rows, cols = -(-len(panels) // PANELS_PER_ROW), min(len(panels), PANELS_PER_ROW)
         fig = Figure(figsize=(4 * cols, 3.5 * rows), layout="constrained")
         axes = fig.subplots(rows, cols, squeeze=False).flatten()
@@ -120,11 +143,13 @@ class TrainingPlots(Callback):
             if panel in SHARED_PANELS:
                 for i, key in enumerate(k for k in SHARED_PANELS[panel] if k in keys):
                     ax.plot(*zip(*self.history[key]), "o-", color=f"C{i}", label=key)
+            elif panel.endswith("/<class>"):
+                self._draw_per_class(ax, [k for k in keys if shared.get(k) == panel])
             else:
                 self._draw_metric(ax, panel, keys)
             ax.set_xlabel("epoch")
             ax.set_title(panel)
-            if len(ax.get_lines()) > 1:
+            if 1 < len(ax.get_lines()) <= LEGEND_MAX_LINES:
                 ax.legend(fontsize="small")
         for ax in axes[len(panels) :]:
             ax.set_axis_off()
@@ -138,8 +163,15 @@ class TrainingPlots(Callback):
             lo = [v - s for v, (_, s) in zip(y, std)]
             hi = [v + s for v, (_, s) in zip(y, std)]
             ax.fill_between(x, lo, hi, color="C0", alpha=0.2)
-        for i, level in enumerate(k for k in keys if k.startswith(f"{key}_")):
+        for i, level in enumerate(k for k in keys if _is_level(k) and k.startswith(f"{key}_")):
             ax.plot(*zip(*self.history[level]), ".--", color=f"C{i + 1}", label=level)
+
+    def _draw_per_class(self, ax: Any, keys: list[str]) -> None:
+        """Each class a thin line, their mean (val/<metric>_class_mean) on top."""
+        for i, key in enumerate(k for k in keys if not k.endswith("_class_mean")):
+            ax.plot(*zip(*self.history[key]), "-", color=f"C{i % 10}", alpha=0.5, label=key)
+        for key in (k for k in keys if k.endswith("_class_mean")):
+            ax.plot(*zip(*self.history[key]), "o-", color="black", label=key)
 
     def _save(self, fig: Figure, name: str) -> Path:
         path = self.dirpath / f"{name}.png"
@@ -151,3 +183,8 @@ class TrainingPlots(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = defaultdict(list, state_dict["history"])
+
+
+def _is_level(key: str) -> bool:
+    """A pyramid level of SWD (val/swd_16px), drawn in its metric's panel."""
+    return key.endswith("px") and key.rsplit("_", 1)[-1][:-2].isdigit()

@@ -1,6 +1,8 @@
-"""Quality metrics every `eval_every_n_epochs` (val/fid, val/kid, val/mifid, val/precision,
-val/recall, val/density, val/coverage, val/swd, val/nn_ratio, plots/nearest.png; for a conditional
-model also val/swd, val/fid and val/kid per class) and the checkpoint of the best epoch by them.
+"""Quality metrics (val/fid, val/kid, val/mifid, val/precision, val/recall, val/density,
+val/coverage, val/swd, val/nn_ratio, plots/nearest.png; for a conditional model also val/swd,
+val/fid and val/kid per class) and the checkpoint of the best epoch by them.
+They run when metrics/schedule.py says (`every_n_kimg`, `eval_every_n_epochs` or `max_share`),
+and always after the run's last batch.
 
 The validation loop carries the work: the datamodule yields a fixed subset of `num_samples` real
 images (split across ranks), `GAN.validation_step` generates as many images, this callback feeds
@@ -12,6 +14,8 @@ cached on disk for later runs.
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +25,11 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from dcgan_lightning.callbacks.nearest import draw_nearest
+from dcgan_lightning.callbacks.nearest import draw_nearest, spread_over_classes
 from dcgan_lightning.callbacks.samples import log_image
 from dcgan_lightning.metrics import cache, inception
 from dcgan_lightning.metrics.evaluator import QualityEvaluator, to_uint8
+from dcgan_lightning.metrics.schedule import EvaluationSchedule
 
 log = logging.getLogger(__name__)
 SWD_MAX_PATCHES_PER_IMAGE = 128  # ProGAN's count: more would mostly repeat neighbourhoods
@@ -37,7 +42,10 @@ class QualityMetrics(Callback):
     def __init__(
         self,
         num_samples: int = 2048,
-        eval_every_n_epochs: int = 1,
+        every_n_kimg: float | None = None,
+        eval_every_n_epochs: int | None = None,
+        max_share: float = 0.1,
+        eval_on_interrupt: bool = False,
         fid: bool = True,
         kid: bool = True,
         mifid: bool = False,
@@ -58,9 +66,12 @@ class QualityMetrics(Callback):
     ) -> None:
         if num_samples < 2:
             raise ValueError(f"metrics.num_samples must be >= 2, got {num_samples}")
-        if eval_every_n_epochs < 1:
-            raise ValueError(f"metrics.eval_every_n_epochs must be >= 1, got {eval_every_n_epochs}")
-        self.num_samples, self.eval_every_n_epochs = num_samples, eval_every_n_epochs
+        self.num_samples = num_samples
+        # Checks the keys now; the images per batch are known at setup.
+        self.schedule = EvaluationSchedule(1, every_n_kimg, eval_every_n_epochs, max_share)
+        self.eval_on_interrupt, self._held_signal = eval_on_interrupt, False
+        self._clock: float | None = None  # perf_counter at this session's train start
+        self._eval_started: float | None = None
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         self.swd, self.swd_patches_per_level, self.swd_directions = (
             swd,
@@ -118,10 +129,10 @@ class QualityMetrics(Callback):
         if not self.enabled:
             return
         every = trainer.check_val_every_n_epoch
-        if stage == "fit" and not trainer.fast_dev_run and every != self.eval_every_n_epochs:
+        if stage == "fit" and every not in (1, None):
             raise ValueError(
-                f"trainer.check_val_every_n_epoch={every} but "
-                f"metrics.eval_every_n_epochs={self.eval_every_n_epochs}: set the latter only"
+                f"trainer.check_val_every_n_epoch={every}: evaluations follow "
+                "metrics.every_n_kimg (or metrics.max_share) instead; leave it at 1"
             )
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "num_val_images"):
@@ -134,6 +145,11 @@ class QualityMetrics(Callback):
                 f"metrics use {n} real and {n} generated images"
             )
         datamodule.num_val_images = n
+        self.schedule.images_per_batch = datamodule.batch_size * trainer.world_size
+        if self.eval_on_interrupt and trainer.world_size > 1:
+            # Each rank sees its signal at its own time: deciding on it alone would split them.
+            rank_zero_warn("metrics.eval_on_interrupt works in single-process runs only: ignored")
+            self.eval_on_interrupt = False
         # A conditional model on labelled data: SWD, FID and KID per class too.
         conditional = getattr(pl_module, "labels", None) is not None and datamodule.num_classes
         self.evaluator = QualityEvaluator(
@@ -205,6 +221,82 @@ class QualityMetrics(Callback):
             return None
         return cache.cache_path(self.cache_dir, cache.cache_key(**self._cache_settings))
 
+    # -- the schedule: Lightning validates after a batch when val_check_batch divides its index --
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._clock = time.perf_counter()
+        if self.enabled:
+            self.schedule.start(_total_batches(trainer))
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        if not self.enabled:
+            return
+        epoch_end = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        epochs = trainer.current_epoch + 1 if epoch_end else None
+        # A Ctrl-C / SIGTERM (callbacks/interrupt.py) ends the run after this batch. Lightning's
+        # validation loop stops after one batch on a pending signal: it is held back meanwhile.
+        interrupted = self.eval_on_interrupt and trainer.received_sigterm
+        due = self.schedule.due(_batches_done(trainer), _last_batch(trainer) or interrupted, epochs)
+        trainer.val_check_batch = 1 if due else sys.maxsize  # read by the loop right after
+        if interrupted:
+            self._held_signal = True
+            trainer._signal_connector.received_sigterm = False
+
+    def _release_signal(self, trainer: pl.Trainer) -> None:
+        """The held signal back: the loop stops and callbacks/interrupt.py saves last.ckpt."""
+        if self._held_signal:
+            self._held_signal = False
+            trainer._signal_connector.received_sigterm = True
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._release_signal(trainer)  # had the evaluation not run
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._release_signal(trainer)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._eval_started = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._release_signal(trainer)
+        if self._eval_started is None or trainer.sanity_checking:
+            return
+        seconds, self._eval_started = time.perf_counter() - self._eval_started, None
+        batches = _batches_done(trainer)
+        self.schedule.record(batches, seconds)
+        nxt = ""
+        if self.schedule.automatic and not _last_batch(trainer):
+            plan = self.schedule.plan(batches, seconds, self._wall())
+            self.schedule.next_batch = trainer.strategy.broadcast(plan, src=0)  # rank 0's clock
+            nxt = f"; next after batch {self.schedule.next_batch}"
+        if trainer.is_global_zero:  # in train.log: the evaluations a run made, to repeat them
+            log.info(
+                "Evaluation %d after batch %d (%g kimg): %.1f s%s",
+                len(self.schedule.evaluations),
+                batches,
+                self.schedule.kimg(batches),
+                seconds,
+                nxt,
+            )
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.enabled and self.schedule.evaluations and trainer.is_global_zero:
+            log.info(self.schedule.summary(self._wall()))
+
+    def _wall(self) -> float:
+        """Wall seconds of training so far, across resumed sessions."""
+        now = time.perf_counter()
+        return self.schedule.wall_offset + now - (self._clock if self._clock is not None else now)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"schedule": self.schedule.state_dict(self._wall())}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "schedule" in state_dict:
+            self.schedule.load_state_dict(state_dict["schedule"])
+
     def on_validation_batch_end(
         self,
         trainer: pl.Trainer,
@@ -239,9 +331,12 @@ class QualityMetrics(Callback):
 
     def _draw_nearest(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """plots/nearest.png: fixed-noise samples and their 3 nearest images of the real subset."""
-        n, labels = self.nearest_samples, getattr(pl_module, "fixed_labels", None)
-        z = pl_module.fixed_noise[:n]
-        samples = to_uint8(pl_module.generate(z, None if labels is None else labels[:n]))
+        labels = getattr(pl_module, "fixed_labels", None)
+        n = min(self.nearest_samples, len(pl_module.fixed_noise))
+        pick = spread_over_classes(labels, n)  # a conditional model's classes in turn
+        z = pl_module.fixed_noise[pick.to(pl_module.fixed_noise.device)]
+        labels = None if labels is None else labels[pick.to(labels.device)]
+        samples = to_uint8(pl_module.generate(z, labels))
         if not trainer.is_global_zero:  # the reference was gathered in compute(): no collective
             return
         features = self.evaluator.nn_features(samples)
@@ -262,6 +357,33 @@ class QualityMetrics(Callback):
             path = self._cache_file()
             cache.save_features(path, features, self._cache_settings)
             log.info("Real-image features cached in %s", path)
+
+
+def _batches_done(trainer: pl.Trainer) -> int:
+    """Training batches completed in the whole run (resumes included), on every rank alike."""
+    return trainer.fit_loop.epoch_loop.total_batch_idx + 1
+
+
+def _last_batch(trainer: pl.Trainer) -> bool:
+    """Is the batch that just ended the run's last (max_epochs or max_steps reached)?"""
+    loop = trainer.fit_loop
+    max_steps = loop.max_steps
+    if max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps:
+        return True
+    max_epochs = loop.max_epochs
+    if max_epochs is None or max_epochs < 0 or trainer.current_epoch + 1 < max_epochs:
+        return False
+    return loop.epoch_loop.batch_progress.is_last_batch
+
+
+def _total_batches(trainer: pl.Trainer) -> float:
+    """The run's planned training batches (inf when open-ended); max_steps counts ~2 a batch."""
+    loop, total = trainer.fit_loop, float("inf")
+    if loop.max_epochs is not None and loop.max_epochs >= 0:
+        total = loop.max_epochs * trainer.num_training_batches
+    if loop.max_steps is not None and loop.max_steps >= 0:
+        total = min(total, loop.max_steps / 2)
+    return total
 
 
 def _gather_objects(obj: Any) -> list[Any]:
