@@ -268,7 +268,7 @@ def has_key(cfg: DictConfig, key: str) -> bool:
     e.g. data.name of data=hub) exists too."""
     node = cfg
     for part in key.split("."):
-        if not OmegaConf.is_dict(node) or part not in node.keys():
+        if not OmegaConf.is_dict(node) or part not in node.keys():  # noqa: SIM118 (`in` skips ??? keys)
             return False
         node = node._get_node(part)
         if node._is_none():
