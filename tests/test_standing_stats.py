@@ -60,23 +60,27 @@ def test_statistics_are_estimated_again_only_when_the_weights_change(make_cfg) -
     assert len(calls) == 2 * estimated + 3
 
 
-def test_checkpoints_hold_the_ema_weights_own_statistics(make_cfg) -> None:
-    """Generation from a checkpoint (the EMA weights, eval mode) draws what generate() drew."""
-    model = _model(make_cfg, "+model.ema={decay:0.9,start_step:0}")
-    model._update_ema()
-    with torch.no_grad():
-        for p in model.ema_generator.module.parameters():
-            p.mul_(1.5)
+@pytest.mark.parametrize("ema", [False, True])
+def test_checkpoints_hold_the_statistics_samples_were_drawn_with(make_cfg, ema: bool) -> None:
+    """Generation from a checkpoint (the sampling weights in eval mode, as
+    generation/loading.py loads them) draws what generate() drew."""
+    model = _model(make_cfg, *(["+model.ema={decay:0.9,start_step:0}"] if ema else []))
+    if ema:
+        model._update_ema()
+        with torch.no_grad():
+            for p in model.ema_generator.module.parameters():
+                p.mul_(1.5)
+    net = model.sampling_generator
+    for m in batchnorms(net):  # stale statistics
+        m.running_mean.fill_(2.0)
+        m.running_var.fill_(0.05)
     checkpoint = {"state_dict": model.state_dict()}
     model.on_save_checkpoint(checkpoint)
-    prefix = "ema_generator.module."
-    loaded = copy.deepcopy(model.ema_generator.module)
+    prefix = "ema_generator.module." if ema else "generator."
+    state = checkpoint["state_dict"]
+    loaded = copy.deepcopy(net)
     loaded.load_state_dict(
-        {
-            k.removeprefix(prefix): v
-            for k, v in checkpoint["state_dict"].items()
-            if k.startswith(prefix)
-        }
+        {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     )
     z = model.fixed_noise[:8]
     with torch.no_grad():

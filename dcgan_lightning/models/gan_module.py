@@ -275,14 +275,17 @@ class GAN(LightningModule):
         if self._trainer is not None:  # on every rank, together: both calls below are collective
             self.nonfinite.check(self.trainer)  # never write a checkpoint after a bad loss
         checkpoint["rng_states"] = gather_rng_states()
-        if self.ema_generator is not None and "state_dict" in checkpoint:
-            # The EMA's own statistics hold G's (copied): save those of the EMA's weights, so
-            # that what loads the checkpoint for generation draws what the run's grids showed.
-            net = self.ema_generator.module
+        if "state_dict" in checkpoint:
+            # The sampling net's BatchNorm statistics for its weights (an EMA's own hold G's;
+            # G's lag): what loads the checkpoint for generation draws what the run's grids
+            # showed. Training never reads them (train mode normalises by the batch).
+            net, prefix = self.sampling_generator, "generator."
+            if self.ema_generator is not None:
+                prefix = "ema_generator.module."
             with self.standing_stats.applied(net, self._sample_inputs):
                 for name, buf in net.named_buffers():
                     if name.endswith(("running_mean", "running_var")):
-                        checkpoint["state_dict"][f"ema_generator.module.{name}"] = buf.clone()
+                        checkpoint["state_dict"][prefix + name] = buf.clone()
         if self.labels is not None:
             checkpoint["classes"] = self.labels.describe()
 
