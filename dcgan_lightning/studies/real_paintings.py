@@ -162,6 +162,53 @@ def one_run(job: tuple[str, str, int, argparse.Namespace]) -> str:
     return f"{run_dir}: {time.time() - start:.0f} s"
 
 
+def time_arms(args: argparse.Namespace, rounds: int = 2, epochs: int = 2) -> dict[str, list[float]]:
+    """Seconds per batch of every arm under the same conditions: `rounds` rounds, the arms in
+    turn in each (drift on a shared machine hits all alike), `epochs` of Sisley each, no
+    evaluation; the median batch of each run."""
+    from dcgan_lightning.compose import compose_train_config
+    from dcgan_lightning.train import train
+
+    worker_init()
+    out = args.out / "timing"
+    folder, _ = SETS["sisley"]
+    _, _, per_epoch = schedule("sisley", args.batches, args.evals)
+    times: dict[str, list[float]] = {arm: [] for arm in args.arms}
+    for r in range(rounds):
+        for arm in args.arms:
+            run_dir = out / f"{arm}_round{r}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if arm == RAW:
+                images = bilinear_images("sisley", args.image_size)
+                canonical_loop(images, r, epochs * per_epoch, 10**9, args.features, run_dir)
+            else:
+                overrides = [
+                    *ARMS[arm],
+                    "data=image_folder",
+                    f"data.root={ROOT}",
+                    f"data.folder={folder}",
+                    "data.cache_dir=null",
+                    f"data.image_size={args.image_size}",
+                    f"data.batch_size={BATCH}",
+                    f"data.holdout={HOLDOUT}",
+                    f"model.generator.features={args.features}",
+                    f"model.discriminator.features={args.features}",
+                    f"trainer.max_epochs={epochs}",
+                    "metrics=none",
+                    "~callbacks.overfitting",
+                    f"+callbacks.step_timer._target_={MODULE}.StepTimer",
+                    f"+callbacks.step_timer.out={run_dir / 'time.json'}",
+                    "logger=csv",
+                    "~callbacks.progress_bar",
+                    "~callbacks.training_plots",
+                ]
+                train(compose_train_config(overrides, run_dir))
+            times[arm].append(json.loads((run_dir / "time.json").read_text())["s_per_batch"])
+            print(arm, times[arm], flush=True)
+    (out / "times.json").write_text(json.dumps(times))
+    return times
+
+
 def worker_init() -> None:
     os.nice(10)
     os.environ["WANDB_MODE"] = "disabled"
@@ -406,7 +453,7 @@ def report(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("train", "score"))
+    parser.add_argument("command", choices=("train", "score", "time"))
     parser.add_argument("--sets", nargs="+", default=list(SETS))
     parser.add_argument("--arms", nargs="+", default=[RAW, *ARMS])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -418,7 +465,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/studies/real_paintings"))
     args = parser.parse_args()
     args.out = args.out.resolve()
-    if args.command == "score":
+    if args.command == "time":
+        time_arms(args)
+    elif args.command == "score":
         os.nice(10)
         torch.set_num_threads(1)
         score(args)
