@@ -2,11 +2,13 @@
 
     python -m dcgan_lightning.studies.real_paintings train [--sets sisley pissarro]
         [--arms canonical picasso dcgan_plus diffaug_ema raw fp32] [--seeds 0 1 2] [--jobs 2]
-        [--image-size 32] [--features 32] [--batches 1200] [--evals 5] [--out DIR]
+        [--image-size 32] [--features 32] [--batches 400] [--evals 2] [--out DIR]
     python -m dcgan_lightning.studies.real_paintings score [--out DIR]
+    python -m dcgan_lightning.studies.real_paintings time [--arms ...] [--out DIR]
 
 `train` runs every (set, arm, seed) at the same number of batches of 32, one torch thread per run,
-`--jobs` at once: the framework arms through the real CLI (evaluated `--evals` times: val/swd,
+`--jobs` worker processes at once (each runs its share in turn, imports paid once): the
+framework arms through `train(cfg)` with the CLI's overrides (evaluated `--evals` times: val/swd,
 val/nn_ratio, val/r_v on a 10% holdout, a checkpoint at each evaluation), the `raw` arm as the
 canonical recipe's plain loop (`canonical_loop`: fp32, torchvision bilinear resize, no flips,
 every image, BCE, Adam 2e-4 (0.5, 0.999); the project's G and D, so only the loop differs).
@@ -16,6 +18,8 @@ real images, the set's every image decoded by the framework) in three BatchNorm 
 (running statistics, what `GAN.generate` used), `train` (each batch's own statistics, as
 pytorch/examples draws its samples) and `standing` (statistics re-estimated for the current
 weights), and prints the tables of the study page (docs/studies/2026-12-03-real-paintings.md).
+`time` times every arm's batches apart from the study, the arms in turn (`time_arms`).
+Data: /work/shared/data/paintings (`ROOT`), Sisley and the first 300 Pissarro files.
 """
 
 from __future__ import annotations
