@@ -19,7 +19,7 @@ real images, the set's every image decoded by the framework) in three BatchNorm 
 pytorch/examples draws its samples) and `standing` (statistics re-estimated for the current
 weights), and prints the tables of the study page (docs/studies/2026-12-03-real-paintings.md).
 `time` times every arm's batches apart from the study, the arms in turn (`time_arms`).
-Data: /work/shared/data/paintings (`ROOT`), Sisley and the first 300 Pissarro files.
+Data: `$DCGAN_PAINTINGS/{sisley,pissarro}` (`ROOT`), Sisley and the first 300 Pissarro files.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-ROOT = "/work/shared/data/paintings"
+# The folder holding sisley/ and pissarro/ (256 px JPEGs): DCGAN_PAINTINGS, else where they were.
+ROOT = os.environ.get("DCGAN_PAINTINGS", "/work/shared/data/paintings")
 SETS = {  # name: (folder, max_images)
     "sisley": ("sisley", None),
     "pissarro": ("pissarro", 300),
