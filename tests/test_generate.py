@@ -229,7 +229,9 @@ def test_ema_weights_used_when_present(ckpt: Path, plain_ckpt: Path, tmp_path: P
     ema, raw = load_generator(ckpt), load_generator(ckpt, ema=False)
     assert ema.ema and not raw.ema and not ema.training
     with torch.no_grad():
-        torch.testing.assert_close(ema(z), model.generate(z))  # the EMA copy
+        # The EMA copy; its BatchNorm statistics, estimated in the run (standing_stats.py) and
+        # again here, agree to float rounding, which the x1000 output layer magnifies.
+        torch.testing.assert_close(ema(z), model.generate(z), atol=1e-4, rtol=0)
         torch.testing.assert_close(raw(z), model.generator.eval()(z))
         assert (ema(z) - raw(z)).abs().max() > 0.01  # the test can tell them apart
         plain = load_generator(plain_ckpt)

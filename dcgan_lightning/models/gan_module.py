@@ -25,6 +25,7 @@ from dcgan_lightning.models.generator import Generator
 from dcgan_lightning.models.init import dcgan_init
 from dcgan_lightning.models.losses import LOSSES, d_outputs, discriminator_loss, generator_loss
 from dcgan_lightning.models.resume_settings import apply_on_resume
+from dcgan_lightning.models.standing_stats import StandingStats
 from dcgan_lightning.models.train_logs import TrainLogs
 from dcgan_lightning.rng import gather_rng_states, keyed_generator, restore_rng_states, seed_rank
 from dcgan_lightning.strategy import sync_buffers
@@ -94,6 +95,7 @@ class GAN(LightningModule):
         self.discriminator.apply(dcgan_init)
         self.augment = AdaptiveAugment(diffaugment, **ada) if ada else DiffAugment(diffaugment)
         self.ema_generator = EMA(self.generator, **ema) if ema else None
+        self.standing_stats = StandingStats()  # BatchNorm statistics of the weights sampled
         # Same on every rank and saved in checkpoints, so sample grids are comparable across epochs.
         fixed = self.sample_noise(num_fixed_samples, torch.Generator().manual_seed(0))
         if self.labels is not None:  # a row per class: the same z in every row
@@ -131,12 +133,15 @@ class GAN(LightningModule):
     @torch.no_grad()
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Images in [-1, 1], float32, from the sampling generator in eval mode (of class
-        `labels` for a conditional model)."""
+        `labels` for a conditional model), its BatchNorms normalising with statistics of its
+        current weights (`StandingStats`): running ones lag the weights, an EMA's are another
+        net's. Images do not depend on the batch they are drawn in."""
         net = self.sampling_generator
         was_training = net.training
         net.eval()
         try:
-            return net(z.to(self.device), *self.conditions(labels)).float()
+            with self.standing_stats.applied(net, self._sample_inputs):
+                return net(z.to(self.device), *self.conditions(labels)).float()
         finally:
             net.train(was_training)
 
@@ -279,6 +284,17 @@ class GAN(LightningModule):
         if self._trainer is not None:  # on every rank, together: both calls below are collective
             self.nonfinite.check(self.trainer)  # never write a checkpoint after a bad loss
         checkpoint["rng_states"] = gather_rng_states()
+        if "state_dict" in checkpoint:
+            # The sampling net's BatchNorm statistics for its weights (an EMA's own hold G's;
+            # G's lag): what loads the checkpoint for generation draws what the run's grids
+            # showed. Training never reads them (train mode normalises by the batch).
+            net, prefix = self.sampling_generator, "generator."
+            if self.ema_generator is not None:
+                prefix = "ema_generator.module."
+            with self.standing_stats.applied(net, self._sample_inputs):
+                for name, buf in net.named_buffers():
+                    if name.endswith(("running_mean", "running_var")):
+                        checkpoint["state_dict"][prefix + name] = buf.clone()
         if self.labels is not None:
             checkpoint["classes"] = self.labels.describe()
 
