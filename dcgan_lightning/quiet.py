@@ -30,8 +30,23 @@ class _DropMessages(logging.Filter):
         return not str(record.msg).startswith(LOG_NOISE)
 
 
+def log_lightning_once() -> None:
+    """Lightning's package logger has a console handler of its own ("INFO: ..."); its subpackages
+    keep theirs apart from the root logger only when it had no handlers when they were imported.
+    Imported after Hydra set up logging (the CLI imports Lightning lazily), every Lightning line
+    went out twice: through that handler and through Hydra's console and train.log handlers.
+    With the root logger set up, they go through the root's handlers alone."""
+    if not logging.getLogger().hasHandlers():
+        return
+    lightning = logging.getLogger("lightning")
+    for handler in list(lightning.handlers):
+        if type(handler) is logging.StreamHandler:
+            lightning.removeHandler(handler)
+
+
 def silence_library_noise() -> None:
     """Install the filters (idempotent: safe to call at every run's start)."""
+    log_lightning_once()
     for message in NOISE:
         warnings.filterwarnings("ignore", message=message)
     log = lightning_rank_zero.log

@@ -307,7 +307,7 @@ def test_resume_and_generate_mistakes_exit_2_and_change_no_file_of_the_run(
         assert_one_message(*gpu, "use trainer=cpu")
     assert_one_message(*corrupt, "Cannot read checkpoint half.ckpt", "truncated")
     assert_one_message(*gen_missing, "checkpoint nope.ckpt does not exist")
-    assert_one_message(*gen_dir, "is a directory: pass a .ckpt file in it", str(ckpt))
+    assert_one_message(*gen_dir, "is not an exported model", "pass a checkpoint in it", str(ckpt))
     assert_one_message(*gen_corrupt, "half.ckpt is not a PyTorch checkpoint")
     assert_one_message(*label, "is unconditional: drop label=")
     assert_one_message(*kaggle, "Kaggle would reject", "num_images=7000", "size=256")

@@ -247,13 +247,15 @@ def compose_case(command: Command) -> None:
         name, overrides, reason = composable(tuple(shlex.split(args)))
         name = name or "train"
     else:
-        name, overrides, reason = composable(command.args)
-        name = name or config_name(command.module)
-        if not (CONF / f"{name}.yaml").exists():
+        name = config_name(command.module)
+        named = {"--config-name", "-cn"} & set(command.args)
+        if not named and not (CONF / f"{name}.yaml").exists():  # argparse: bench, studies
             assert importlib.util.find_spec(command.module) is not None, (
                 f"{command.where}: no module {command.module}"
             )
             pytest.skip(f"{command.module} is not a Hydra app (no conf/{name}.yaml)")
+        config, overrides, reason = composable(command.args)
+        name = config or name
     if reason:
         pytest.skip(f"{command.where}: {reason}")
     composed(name, tuple(overrides))

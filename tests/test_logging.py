@@ -41,7 +41,8 @@ def test_a_run_prints_no_library_noise_but_project_warnings_and_the_model_summar
         "data.batch_size=16",
         "model.generator.features=8",
         "model.discriminator.features=8",
-        "metrics.download=false",  # the project's "No Inception weights" warning
+        "metrics.fid=true",  # asked for without weights: the project's "No Inception weights"
+        "metrics.download=false",  # warning
         "metrics.num_samples=32",
         "~callbacks.progress_bar",
         "+trainer.enable_progress_bar=false",
