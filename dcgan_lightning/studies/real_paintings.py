@@ -105,19 +105,13 @@ def list_files(name: str) -> list[Path]:
     return list_images(Path(ROOT) / folder)[:max_images]
 
 
-def run_overrides(name: str, arm: str, seed: int, args: argparse.Namespace) -> list[str]:
-    """The CLI overrides of one framework run (`python -m dcgan_lightning ...` takes the same)."""
-    folder, max_images = SETS[name]
-    epochs, every, _ = schedule(name, args.batches, args.evals)
-    trained = len(list_files(name)) - max(1, round(HOLDOUT * len(list_files(name))))
-    run_dir = args.out / name / f"{arm}_seed{seed}"
+def arm_overrides(arm: str, folder: str, epochs: int, args: argparse.Namespace) -> list[str]:
+    """What every framework run of `arm` on `folder` shares: the arm, the data, the nets, epochs."""
     return [
         *ARMS[arm],
-        f"seed={seed}",
         "data=image_folder",
         f"data.root={ROOT}",
         f"data.folder={folder}",
-        f"data.max_images={max_images or 'null'}",
         "data.cache_dir=null",
         f"data.image_size={args.image_size}",
         f"data.batch_size={BATCH}",
@@ -125,6 +119,19 @@ def run_overrides(name: str, arm: str, seed: int, args: argparse.Namespace) -> l
         f"model.generator.features={args.features}",
         f"model.discriminator.features={args.features}",
         f"trainer.max_epochs={epochs}",
+    ]
+
+
+def run_overrides(name: str, arm: str, seed: int, args: argparse.Namespace) -> list[str]:
+    """The CLI overrides of one framework run (`python -m dcgan_lightning ...` takes the same)."""
+    folder, max_images = SETS[name]
+    epochs, every, _ = schedule(name, args.batches, args.evals)
+    trained = len(list_files(name)) - max(1, round(HOLDOUT * len(list_files(name))))
+    run_dir = args.out / name / f"{arm}_seed{seed}"
+    return [
+        *arm_overrides(arm, folder, epochs, args),
+        f"seed={seed}",
+        f"data.max_images={max_images or 'null'}",
         f"metrics.eval_every_n_epochs={every}",
         f"metrics.num_samples={trained}",
         "metrics.fid=false",
@@ -188,17 +195,7 @@ def time_arms(args: argparse.Namespace, rounds: int = 2, epochs: int = 2) -> dic
                 canonical_loop(images, r, epochs * per_epoch, 10**9, args.features, run_dir)
             else:
                 overrides = [
-                    *ARMS[arm],
-                    "data=image_folder",
-                    f"data.root={ROOT}",
-                    f"data.folder={folder}",
-                    "data.cache_dir=null",
-                    f"data.image_size={args.image_size}",
-                    f"data.batch_size={BATCH}",
-                    f"data.holdout={HOLDOUT}",
-                    f"model.generator.features={args.features}",
-                    f"model.discriminator.features={args.features}",
-                    f"trainer.max_epochs={epochs}",
+                    *arm_overrides(arm, folder, epochs, args),
                     "metrics=none",
                     "~callbacks.overfitting",
                     f"+callbacks.step_timer._target_={MODULE}.StepTimer",
