@@ -247,6 +247,10 @@ class GAN(LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         sync_buffers(self)  # every rank's fakes come from the checkpointed statistics
+        # Every rank samples with rank 0's BatchNorm statistics for the weights evaluated.
+        self.standing_stats.agree(
+            self.sampling_generator, self._sample_inputs, self.trainer.strategy.broadcast
+        )
 
     def _update_ema(self) -> None:
         if self.ema_generator is not None:

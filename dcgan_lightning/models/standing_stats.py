@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,10 +37,14 @@ class StandingStats:
         self._stats: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @staticmethod
+    @torch.no_grad()
     def _weights_key(net: nn.Module) -> tuple:
-        """Changes whenever a weight does: an optimizer step, an EMA update or a loaded state
-        dict all bump the parameters' version counters (read on the host: no device sync)."""
-        return (id(net), *(p._version for p in net.parameters()))
+        """Changes whenever a weight does: each parameter's sum, read on the host. Version
+        counters miss writes that bypass autograd (DDP's broadcast of rank 0's weights left a
+        rank sampling with the statistics of its own initial weights). One device sync per
+        sampling call, never in a training step."""
+        sums = torch.stack([p.detach().float().sum() for p in net.parameters()])
+        return (id(net), *sums.tolist())
 
     @torch.no_grad()
     def _estimate(self, net: nn.Module, draw: Draw) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -61,6 +66,20 @@ class StandingStats:
                 m.momentum = momentum
                 m.train(training)
 
+    def agree(self, net: nn.Module, draw: Draw, broadcast: Callable[[Any], Any]) -> None:
+        """Every rank takes rank 0's statistics for the current weights (called on all ranks
+        together, at each evaluation's start). Estimates agree only to float rounding across
+        processes, and at an early evaluation, where D barely tells real from fake, `val/r_v`
+        magnifies that into ranks logging different values."""
+        if not batchnorms(net):
+            return
+        key = self._weights_key(net)
+        stats = self._estimate(net, draw) if key != self._key else self._stats
+        self._stats = [tuple(t.to(s.device) for t in pair)
+                       for pair, s in zip(broadcast([(m.cpu(), v.cpu()) for m, v in stats]),
+                                          [m for m, _ in stats])]  # fmt: skip
+        self._key = key
+
     @contextlib.contextmanager
     def applied(self, net: nn.Module, draw: Draw) -> Iterator[None]:
         """Within: `net`'s BatchNorms hold the statistics of its current weights (estimated from
@@ -74,7 +93,7 @@ class StandingStats:
         key = self._weights_key(net)
         if key != self._key:
             self._stats = self._estimate(net, draw)
-            self._key = self._weights_key(net)
+            self._key = key
         try:
             for m, (mean, var) in zip(bns, self._stats):
                 m.running_mean.copy_(mean)
