@@ -41,7 +41,7 @@ EVENT_TIMEOUT_S = 30  # for one click to change the images
 def tiny_checkpoint(run_dir: Path, *overrides: str) -> Path:
     """last.ckpt of 2 batches on shapes (32 px, features 8). BatchNorm's running statistics
     barely move in 2 steps, so eval-mode images are near-uniform grey: the output layer is scaled
-    up (raw and EMA weights alike) so that seeds and classes differ visibly."""
+    up (raw and EMA weights alike) so that seeds differ visibly, and each class shifted apart."""
     cfg = tiny(compose_config(["logger=none", "metrics=none", *overrides], run_dir))
     train(cfg)
     GlobalHydra.instance().clear()
@@ -52,6 +52,10 @@ def tiny_checkpoint(run_dir: Path, *overrides: str) -> Path:
         layers = [k for k in state if re.fullmatch(re.escape(prefix) + r"\d+\.weight", k)]
         if layers:
             state[max(layers, key=lambda k: int(k.split(".")[-2]))] *= 1000
+    # Two steps barely tell the classes apart: a per-class shift in every conditional BatchNorm.
+    shifts = torch.Generator().manual_seed(0)
+    for key in [k for k in state if k.endswith(".shift.weight")]:
+        state[key] += torch.randn(state[key].shape, generator=shifts)
     torch.save(data, path)
     return path
 
