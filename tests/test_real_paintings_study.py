@@ -34,3 +34,21 @@ def test_report_gives_mean_and_sd_over_seeds_per_arm_and_evaluation() -> None:
     text = study.report({"sisley/raw_seed0": run(1.0), "sisley/raw_seed1": run(3.0)})
     assert "| raw | 2 | val/swd | 2.0 ± 1.4 |" in text
     assert "| raw | 2 | SWD, standing BN | 2.0 ± 1.4 |" in text
+
+
+def test_every_arm_composes_with_the_settings_it_names(tmp_path: Path) -> None:
+    from argparse import Namespace
+
+    from dcgan_lightning.compose import compose_train_config
+
+    args = Namespace(image_size=32, features=8)
+    cfg = {
+        arm: compose_train_config(study.arm_overrides(arm, "sisley", 2, args), tmp_path)
+        for arm in study.ARMS
+    }
+    assert cfg["canonical"].model.optimizer_d.lr == 2e-4 and not cfg["canonical"].data.flip
+    assert cfg["monet"].data.flip and cfg["monet"].model.generator.arch == "convtranspose"
+    assert list(cfg["ada"].model.diffaugment) == ["color", "translation", "cutout"]
+    assert cfg["ada"].model.ada.kimg == 5 and cfg["ada"].model.ada.target == 0.6
+    assert cfg["ttur"].model.optimizer_d.lr == 1e-4 and cfg["ttur"].model.optimizer_g.lr == 2e-4
+    assert all(c.data.image_size == 32 and c.model.generator.features == 8 for c in cfg.values())

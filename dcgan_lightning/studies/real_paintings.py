@@ -1,8 +1,9 @@
 """Small-data recipes on real paintings, and parity with the canonical pytorch/examples recipe.
 
     python -m dcgan_lightning.studies.real_paintings train [--sets sisley pissarro]
-        [--arms canonical picasso dcgan_plus diffaug_ema raw fp32] [--seeds 0 1 2] [--jobs 2]
-        [--image-size 32] [--features 32] [--batches 400] [--evals 2] [--out DIR]
+        [--arms raw canonical fp32 picasso dcgan_plus diffaug_ema monet ada ttur]
+        [--seeds 0 1 2] [--jobs 2] [--image-size 32] [--features 32] [--batches 400] [--evals 2]
+        [--out DIR]
     python -m dcgan_lightning.studies.real_paintings score [--out DIR]
     python -m dcgan_lightning.studies.real_paintings time [--arms ...] [--out DIR]
 
@@ -67,6 +68,17 @@ ARMS: dict[str, list[str]] = {
         "model.diffaugment=[color,translation,cutout]",
         "model.ema={decay:0.999,start_step:0,rampup:0.05}",
     ],
+    # +experiment=monet's recipe: model=dcgan with flips.
+    "monet": ["model=dcgan", "data.flip=true"],
+    # DiffAugment under ADA: each op's probability p follows r_t (target 0.6, every 4 batches).
+    # kimg 5: p can go 0 -> 1 in 5k images (156 batches of 32), so it moves within a 400-batch run.
+    "ada": [
+        "model=dcgan",
+        "model.diffaugment=[color,translation,cutout]",
+        "model.ada={target:0.6,interval:4,kimg:5}",
+    ],
+    # Two time-scale update rule: D at half G's learning rate.
+    "ttur": ["model=dcgan", "model.optimizer_d.lr=1e-4"],
 }
 RAW = "raw"  # the canonical recipe as a plain loop
 MODULE = "dcgan_lightning.studies.real_paintings"
@@ -491,6 +503,8 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, int]]:
         ("sisley", ["dcgan_plus", "picasso", "diffaug_ema"]),
         ("pissarro", ["canonical", "dcgan_plus", "picasso", "diffaug_ema"]),
         ("sisley", ["fp32"]),
+        ("sisley", ["monet", "ada", "ttur"]),
+        ("pissarro", ["monet", "ada", "ttur"]),
     ]
     return [
         (name, arm, seed)
