@@ -422,6 +422,7 @@ def test_onnx_graph_matches_torch_for_any_batch(
     namespace: dict = {}
     exec(python_blocks(card), namespace)  # the card's onnxruntime lines, as written
     assert namespace["images"].shape == (16, 3, 32, 32)
-    assert np.abs(namespace["images"]).max() <= 1
+    # Tanh's range, to fp32 rounding: onnxruntime's tanh can exceed 1 by an ulp when saturated.
+    assert np.abs(namespace["images"]).max() <= 1 + 1e-6
     with pytest.raises(UserError, match="an ONNX export"):
         load_generator(out)
